@@ -1,0 +1,5 @@
+import sys
+
+from modelswarm.cli import main
+
+sys.exit(main())
