@@ -55,7 +55,7 @@ def extra_ca_bundle(setting: str | None = None) -> bytes:
     if setting:
         path = Path(setting)
         if not path.is_file():
-            raise BuildError(f"{CA_BUNDLE_ENV}={setting}: no such file (give a PEM bundle, or 'none' to inject nothing)")
+            raise BuildError(f"{CA_BUNDLE_ENV}={setting}: no such file (give a PEM bundle, or 'none' for no extra CAs)")
         data = path.read_bytes()
         if b"-----BEGIN CERTIFICATE-----" not in data:
             raise BuildError(f"{CA_BUNDLE_ENV}={setting}: not a PEM certificate bundle (no BEGIN CERTIFICATE line)")

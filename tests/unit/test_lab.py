@@ -1,0 +1,161 @@
+"""The lab's settings, clash detection and generated inventory, without a Docker daemon."""
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import docker.errors
+import pytest
+import yaml
+
+from modelswarm import lab
+
+
+def settings(tmp_path, **overrides):
+    base = lab.LabSettings(state_dir=tmp_path / "state", inventory_file=tmp_path / "inv" / "hosts.yml")
+    return replace(base, **overrides)
+
+
+class FakeNetworks:
+    def __init__(self, networks):
+        self._networks = networks
+
+    def list(self, **_):
+        return self._networks
+
+
+class FakeContainers:
+    def __init__(self, containers):
+        self._containers = containers
+
+    def get(self, name):
+        if name not in self._containers:
+            raise docker.errors.NotFound(name)
+        return self._containers[name]
+
+
+def fake_client(networks=(), containers=None):
+    return SimpleNamespace(networks=FakeNetworks(list(networks)), containers=FakeContainers(containers or {}))
+
+
+def network(name, subnet, labels=None, net_id="0123456789abcdef"):
+    return SimpleNamespace(
+        name=name, id=net_id, attrs={"Labels": labels or {}, "IPAM": {"Config": [{"Subnet": subnet}]}}
+    )
+
+
+def route_table(tmp_path, rows):
+    """A /proc/net/route file; rows are (iface, dest, mask) in dotted quads."""
+    import ipaddress
+
+    def hexle(addr):
+        return ipaddress.IPv4Address(addr).packed[::-1].hex().upper()
+
+    lines = ["Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT"]
+    for iface, dest, mask in rows:
+        lines.append(f"{iface}\t{hexle(dest)}\t00000000\t0001\t0\t0\t0\t{hexle(mask)}\t0\t0\t0")
+    path = tmp_path / "route"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_addresses_follow_the_subnet(tmp_path):
+    s = settings(tmp_path, subnet="10.77.0.0/24")
+    assert [s.address(n) for n in s.nodes] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+    assert s.gateway == "10.77.0.1"
+    assert s.container_name("node2") == "modelswarm-lab-node2"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MODELSWARM_LAB_SUBNET": "not-a-net"}, "is not a network address"),
+        ({"MODELSWARM_LAB_SUBNET": "10.0.0.1/24"}, "is not a network address"),  # host bits set
+        ({"MODELSWARM_LAB_SUBNET": "10.0.0.0/29"}, "/28 or larger"),
+        ({"MODELSWARM_LAB_SUBNET": "fd00::/64"}, "IPv4"),
+        ({"MODELSWARM_LAB_PREFIX": "bad name!"}, "letters, digits and dashes"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_variable_named(env, message):
+    with pytest.raises(lab.LabError, match=message):
+        lab.LabSettings.from_env(env)
+
+
+def test_no_clash_on_a_clean_machine(tmp_path):
+    s = settings(tmp_path)
+    client = fake_client([network("bridge", "172.17.0.0/16")])
+    table = route_table(tmp_path, [("eth0", "10.0.0.0", "255.255.255.0"), ("eth0", "0.0.0.0", "0.0.0.0")])
+    assert lab.find_clashes(client, s, table) == []
+
+
+def test_overlapping_docker_network_is_named(tmp_path):
+    s = settings(tmp_path)
+    client = fake_client([network("corp-net", "172.30.0.0/16")])
+    clashes = lab.find_clashes(client, s, route_table(tmp_path, []))
+    assert len(clashes) == 1
+    assert "'corp-net' (172.30.0.0/16)" in clashes[0] and "MODELSWARM_LAB_SUBNET" in clashes[0]
+
+
+def test_our_own_network_is_not_a_clash(tmp_path):
+    s = settings(tmp_path)
+    client = fake_client([network(s.network_name, s.subnet, labels=s.labels)])
+    assert lab.find_clashes(client, s, route_table(tmp_path, [])) == []
+
+
+def test_foreign_network_with_our_name_is_named(tmp_path):
+    s = settings(tmp_path)
+    client = fake_client([network(s.network_name, "10.200.0.0/24")])
+    clashes = lab.find_clashes(client, s, route_table(tmp_path, []))
+    assert clashes == [
+        "a Docker network named 'modelswarm-lab' already exists and was not made by the lab "
+        "(set MODELSWARM_LAB_PREFIX to use another name)"
+    ]
+
+
+def test_host_route_overlap_is_named_with_its_interface(tmp_path):
+    s = settings(tmp_path)
+    table = route_table(tmp_path, [("vpn0", "172.30.96.0", "255.255.252.0")])
+    clashes = lab.find_clashes(fake_client(), s, table)
+    assert len(clashes) == 1 and "172.30.96.0/22 on interface vpn0" in clashes[0]
+
+
+def test_foreign_container_with_a_node_name_is_named(tmp_path):
+    s = settings(tmp_path)
+    stranger = SimpleNamespace(labels={})
+    mine = SimpleNamespace(labels=s.labels)
+    client = fake_client(containers={"modelswarm-lab-node1": mine, "modelswarm-lab-node3": stranger})
+    clashes = lab.find_clashes(client, s, route_table(tmp_path, []))
+    assert len(clashes) == 1 and "'modelswarm-lab-node3'" in clashes[0]
+
+
+def test_inventory_has_three_managers_and_one_leader_and_is_rewritten_only_on_change(tmp_path):
+    s = settings(tmp_path)
+    key, public = lab.ensure_ssh_key(s)
+    assert public.startswith("ssh-ed25519 ")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert lab.write_inventory(s, key) is True
+    assert lab.write_inventory(s, key) is False
+    inventory = yaml.safe_load(s.inventory_file.read_text())
+    children = inventory["all"]["children"]
+    assert list(children["managers"]["hosts"]) == ["node1", "node2", "node3"]
+    assert children["managers"]["hosts"]["node2"]["ansible_host"] == "172.30.99.12"
+    assert list(children["leader"]["hosts"]) == ["node1"]
+    assert inventory["all"]["vars"]["ansible_ssh_private_key_file"] == str(key)
+
+
+def test_ssh_key_is_made_once(tmp_path):
+    s = settings(tmp_path)
+    _, first = lab.ensure_ssh_key(s)
+    _, second = lab.ensure_ssh_key(s)
+    assert first == second
+
+
+def test_molecule_instances_match_the_inventory(tmp_path):
+    s = settings(tmp_path)
+    key, _ = lab.ensure_ssh_key(s)
+    rows = lab.instances(s, key)
+    assert [(r["instance"], r["address"]) for r in rows] == [
+        ("node1", "172.30.99.11"),
+        ("node2", "172.30.99.12"),
+        ("node3", "172.30.99.13"),
+    ]
+    assert all(r["identity_file"] == str(key) and r["user"] == "root" for r in rows)
