@@ -1,0 +1,36 @@
+"""Shared helpers for the testinfra suites: re-running playbooks against the scenario's own inventory."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def inventory() -> str:
+    path = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not path:
+        raise RuntimeError("MOLECULE_INVENTORY_FILE is not set: run these tests through `molecule verify`")
+    return path
+
+
+def run_playbook(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """ansible-playbook from this venv, against the scenario's hosts, from the repository root."""
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory(), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def swarm_nodes(host) -> list[dict]:
+    """`docker node inspect` of every node, as seen from `host` (a manager)."""
+    ids = host.check_output("docker node ls -q").split()
+    return json.loads(host.check_output("docker node inspect " + " ".join(ids)))
