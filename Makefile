@@ -49,10 +49,11 @@ lab-status: venv ## Show what exists of the lab.
 
 # --------------------------------------------------------------------------------------------------- main job
 .PHONY: demo
-demo: engine venv lab-up ## Bring up the lab and converge the cluster on it.
+demo: engine venv lab-up ## Bring up the lab and converge the cluster on it (three managers, node1 the leader).
 	@ansible-playbook -i inventory/lab playbooks/site.yml
 	@ansible -i inventory/lab all -m ansible.builtin.ping -o
-	@echo "demo: the lab is up. Inspect: make lab-status; remove: make down"
+	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker node ls" | tail -n +2
+	@echo "demo: a three-manager swarm runs on the lab. Inspect: make lab-status; remove: make down"
 
 .PHONY: down
 down: ## Remove the lab (containers, network, volumes); keeps the images for a fast next start.
@@ -77,4 +78,8 @@ molecule: engine venv ## Molecule scenarios on the lab (create, converge, idempo
 	@for s in $(SCENARIOS); do echo "molecule: scenario $$s"; molecule test -s $$s; done
 
 .PHONY: test
-test: engine venv lint unit molecule ## Everything CI runs: lint, unit tests, molecule scenarios.
+test: engine venv lint unit molecule ## Lint, unit tests and the molecule scenarios.
+
+.PHONY: test-el7
+test-el7: engine ## The cluster scenario again with the CentOS 7 lock (ansible-core 2.16, in .venv-el7).
+	@$(MAKE) --no-print-directory molecule VENV=.venv-el7 LOCK=requirements/lock-el7.txt SCENARIOS=legacy-core

@@ -34,3 +34,11 @@ def swarm_nodes(host) -> list[dict]:
     """`docker node inspect` of every node, as seen from `host` (a manager)."""
     ids = host.check_output("docker node ls -q").split()
     return json.loads(host.check_output("docker node inspect " + " ".join(ids)))
+
+
+def lab_addresses() -> dict[str, str]:
+    """node name -> address of the scenario's lab instance (from MODELSWARM_LAB_SUBNET, as the lab computes them)."""
+    from modelswarm.lab import LabSettings
+
+    settings = LabSettings.from_env()
+    return {node: settings.address(node) for node in settings.nodes}

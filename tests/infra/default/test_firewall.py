@@ -4,8 +4,10 @@ import socket
 
 import pytest
 
+from tests.infra.helpers import lab_addresses
+
 testinfra_hosts = ["ansible://managers"]
-PEERS = ["172.30.98.11", "172.30.98.12", "172.30.98.13"]
+PEERS = sorted(lab_addresses().values())
 
 
 def test_ufw_is_active_and_denies_by_default(host):

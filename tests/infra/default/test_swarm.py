@@ -2,7 +2,7 @@
 
 import json
 
-from tests.infra.helpers import swarm_nodes
+from tests.infra.helpers import lab_addresses, swarm_nodes
 
 testinfra_hosts = ["ansible://managers"]
 
@@ -37,7 +37,7 @@ def test_leader_label_only_on_node1(host):
 
 def test_nodes_advertise_their_lab_addresses(host):
     addresses = {n["Description"]["Hostname"]: n["Status"]["Addr"] for n in swarm_nodes(host)}
-    assert addresses == {"node1": "172.30.98.11", "node2": "172.30.98.12", "node3": "172.30.98.13"}
+    assert addresses == lab_addresses()
 
 
 def test_dispatcher_heartbeat_is_the_configured_one(host):

@@ -8,7 +8,7 @@ import json
 
 import testinfra
 
-from tests.infra.helpers import inventory, run_playbook, swarm_nodes
+from tests.infra.helpers import inventory, lab_addresses, run_playbook, swarm_nodes
 
 testinfra_hosts = ["ansible://node1"]
 
@@ -31,7 +31,7 @@ def test_host_in_a_different_swarm_stops_the_play_and_nothing_changes(host):
     host.check_output("docker node demote node3")
     node3.check_output("docker swarm leave")
     host.check_output("docker node rm --force node3")
-    node3.check_output("docker swarm init --advertise-addr 172.30.98.13")
+    node3.check_output("docker swarm init --advertise-addr %s", lab_addresses()["node3"])
     foreign_id = json.loads(node3.check_output("docker info --format '{{json .Swarm}}'"))["Cluster"]["ID"]
     ours_before = node_ids(host)
     try:
