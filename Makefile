@@ -47,9 +47,14 @@ lab-down: venv ## Remove the lab's containers, network and volumes.
 lab-status: venv ## Show what exists of the lab.
 	@modelswarm lab status
 
+.PHONY: kit
+kit: venv ## Build the lab image kit from the Debian base and save the air-gapped bundle (.lab/bundle).
+	@modelswarm images build
+	@modelswarm images bundle
+
 # --------------------------------------------------------------------------------------------------- main job
 .PHONY: demo
-demo: engine venv lab-up ## Bring up the lab and converge the cluster on it (three managers, node1 the leader).
+demo: engine venv lab-up kit ## Bring up the lab, build the swarm and deploy the platform on it.
 	@ansible-playbook -i inventory/lab playbooks/site.yml
 	@ansible -i inventory/lab all -m ansible.builtin.ping -o
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker node ls" | tail -n +2

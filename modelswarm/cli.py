@@ -64,6 +64,24 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from modelswarm import kit
+
+    settings = lab.LabSettings.from_env()
+    client = lab.connect()
+    if args.images_command == "build":
+        report = kit.build_kit(client, settings)
+    else:
+        report = kit.save_bundle(client, Path(args.output) if args.output else settings.state_dir / "bundle")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        out.print(f"images {args.images_command}: {'changed' if report['changed'] else 'nothing changed'}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelswarm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (up, down, st):
         p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     lab_parser.set_defaults(func=cmd_lab)
+
+    images_parser = sub.add_parser(
+        "images",
+        help="the lab image kit and the air-gapped image bundle",
+        description="Build the platform images from the Debian base (NGINX, PostgreSQL, registry, Python runtime, "
+        "console; placeholders for Consul, Logstash, Elasticsearch, LogSpout, Registrator) and save them as one "
+        "bundle that the Ansible `images` role loads on every node.",
+    )
+    images_sub = images_parser.add_subparsers(dest="images_command", required=True)
+    build = images_sub.add_parser("build", help="build the kit images (unchanged ones come from the cache)")
+    save = images_sub.add_parser("bundle", help="save the kit images into one tarball + manifest.json")
+    save.add_argument("--output", help="bundle directory (default: .lab/bundle)")
+    for p in (build, save):
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    images_parser.set_defaults(func=cmd_images)
     return parser
 
 
@@ -91,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (lab.LabError, BuildError, docker.errors.DockerException) as exc:
+    except (lab.LabError, BuildError, docker.errors.DockerException, RuntimeError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return EXIT_FAILED
     except KeyboardInterrupt:

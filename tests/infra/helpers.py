@@ -42,3 +42,14 @@ def lab_addresses() -> dict[str, str]:
 
     settings = LabSettings.from_env()
     return {node: settings.address(node) for node in settings.nodes}
+
+
+def service_tasks(host, service: str) -> list[dict]:
+    """Running tasks of a service: [{'node': hostname, 'state': ...}], from `docker service ps` as JSON lines."""
+    out = host.check_output("docker service ps --filter desired-state=running --format '{{json .}}' %s", service)
+    tasks = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [{"node": t["Node"], "state": t["CurrentState"].split()[0]} for t in tasks]
+
+
+def secrets_dir() -> Path:
+    return REPO / ".secrets"
