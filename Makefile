@@ -58,7 +58,10 @@ demo: engine venv lab-up kit ## Bring up the lab, build the swarm and deploy the
 	@ansible-playbook -i inventory/lab playbooks/site.yml
 	@ansible -i inventory/lab all -m ansible.builtin.ping -o
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker node ls" | tail -n +2
-	@echo "demo: a three-manager swarm runs on the lab. Inspect: make lab-status; remove: make down"
+	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker service ls" | tail -n +2
+	@echo "demo: the platform runs on a three-manager swarm. The console, through NGINX on any node:"
+	@echo "        http://172.30.99.11/   http://172.30.99.12/   http://172.30.99.13/   (https with .secrets/pki/ca.crt)"
+	@echo "      inspect: make lab-status; remove: make down"
 
 .PHONY: down
 down: ## Remove the lab (containers, network, volumes); keeps the images for a fast next start.

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import docker.errors
 
 from modelswarm import lab
 from modelswarm.build import BuildError
-from modelswarm.console import err, out
+from modelswarm.console import err, out, progress
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -82,6 +83,182 @@ def cmd_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------- model lifecycle
+
+DEFAULT_RUNTIME = "python:3.11-slim-bookworm"
+
+
+def _settings(args: argparse.Namespace):
+    from modelswarm import cluster
+
+    inventory = cluster.read_inventory(args.inventory)
+    registry = getattr(args, "registry", None) or f"{inventory.leader.address}:5000"
+    return inventory, registry
+
+
+def _emit(args: argparse.Namespace, payload: dict, human: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        out.print(human)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from modelswarm import bundle as bundles
+    from modelswarm import cluster, modelimage
+
+    bundle = bundles.load_bundle(args.bundle)
+    inventory, registry = _settings(args)
+    with cluster.manager(inventory) as client:
+        image, built = modelimage.build_and_push(client, bundle, registry, args.runtime_image, args.pip_index_url)
+    _emit(args, {"image": image.reference, "built": built}, f"{image.reference} ({'built' if built else 'present'})")
+    return EXIT_OK
+
+
+def _deploy_target(args, inventory, registry, client, bundle, image):
+    from modelswarm import rollout
+
+    return rollout.Target(
+        name=bundle.name,
+        version=bundle.version,
+        image=image.reference,
+        source_hash=image.source_hash,
+        replicas=bundle.replicas,
+        cpus=bundle.cpus,
+        memory=bundle.memory,
+        environment=bundle.environment,
+        endpoint_mode=args.endpoint_mode,
+    )
+
+
+def _finish(args, inventory, outcome) -> int:
+    from modelswarm import ledgerclient
+
+    payload = {**outcome.ledger_entry(), "image": outcome.image, "exit_code": outcome.exit_code}
+    try:
+        stored = ledgerclient.record(inventory, outcome.ledger_entry())
+        payload["ledger_id"] = stored["id"]
+    except ledgerclient.LedgerError as exc:
+        err.print(f"[yellow]warning:[/yellow] {exc}", markup=True)
+        payload["ledger_id"] = None
+    colour = "green" if outcome.exit_code == 0 else "red"
+    _emit(
+        args,
+        payload,
+        f"[{colour}]{outcome.result}[/{colour}]: {outcome.model} {outcome.from_version or '-'} -> "
+        f"{outcome.to_version}: {outcome.message}",
+    )
+    return outcome.exit_code
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from modelswarm import bundle as bundles
+    from modelswarm import cluster, modelimage, rollout
+
+    bundle = bundles.load_bundle(args.bundle)
+    inventory, registry = _settings(args)
+    with cluster.manager(inventory) as client:
+        image, _ = modelimage.build_and_push(client, bundle, registry, args.runtime_image, args.pip_index_url)
+        target = _deploy_target(args, inventory, registry, client, bundle, image)
+        outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
+    return _finish(args, inventory, outcome)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from modelswarm import cluster, ledgerclient, rollout
+
+    inventory, _ = _settings(args)
+    entries = ledgerclient.history(inventory, args.name)
+    with cluster.manager(inventory) as client:
+        service = rollout.find(client, rollout.SERVICE_PREFIX + args.name)
+        if service is None:
+            err.print(f"error: model {args.name!r} is not deployed")
+            return EXIT_USAGE
+        current = rollout.describe(service)
+        good = [e for e in entries if e["result"] in ("succeeded", "no_op") and e["image_digest"]]
+        if args.to:
+            candidates = [e for e in good if e["to_version"] == args.to]
+        else:
+            candidates = [e for e in good if e["to_version"] != current["version"]]
+        if not candidates:
+            known = sorted({e["to_version"] for e in good})
+            err.print(
+                f"error: no recorded good rollout of {args.name} to {args.to or 'another version'}; known: {known}"
+            )
+            return EXIT_USAGE
+        chosen = candidates[0]
+        spec = service.attrs["Spec"]
+        target = rollout.Target(
+            name=args.name,
+            version=chosen["to_version"],
+            image=f"{chosen['image']}@{chosen['image_digest']}",
+            replicas=spec["Mode"]["Replicated"]["Replicas"],
+            endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
+        )
+        target = replace(target, source_hash=(spec.get("Labels") or {}).get(rollout.LABEL_SOURCE, ""))
+        outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
+    return _finish(args, inventory, outcome)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from modelswarm import cluster, rollout
+
+    inventory, _ = _settings(args)
+    report = {}
+    with cluster.manager(inventory) as client:
+        services = client.services.list(filters={"label": rollout.LABEL_MODEL})
+        for service in services:
+            name = service.attrs["Spec"]["Labels"][rollout.LABEL_MODEL]
+            if args.name and name != args.name:
+                continue
+            info = rollout.describe(service)
+            tasks = client.api.tasks(filters={"service": service.id, "desired-state": "running"})
+            nodes = {n.id: n.attrs["Description"]["Hostname"] for n in client.nodes.list()}
+            info["tasks"] = [{"node": nodes.get(t.get("NodeID"), "?"), "state": t["Status"]["State"]} for t in tasks]
+            report[name] = info
+    if args.name and args.name not in report:
+        err.print(f"error: model {args.name!r} is not deployed")
+        return EXIT_USAGE
+    lines = [
+        f"{name}: {i['version']} on {', '.join(t['node'] + ' ' + t['state'] for t in i['tasks'])}"
+        f" (update: {i['update_state'] or 'none'})"
+        for name, i in sorted(report.items())
+    ]
+    _emit(args, report, "\n".join(lines) or "no model deployed")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import requests
+
+    from modelswarm import cluster
+
+    try:
+        payload = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        err.print(f"error: DATA is not JSON: {exc}")
+        return EXIT_USAGE
+    inventory = cluster.read_inventory(args.inventory)
+    hosts = [inventory.hosts[args.node]] if args.node else inventory.managers
+    for host in hosts:
+        url = f"http://{host.address}/models/{args.name}/predict"
+        try:
+            response = requests.post(url, json=payload, timeout=30)
+        except requests.RequestException as exc:
+            progress(f"{host.name}: {exc.__class__.__name__}; trying the next node")
+            continue
+        body = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
+        if args.json:
+            print(json.dumps({"status": response.status_code, "node": host.name, **body}, indent=2))
+        else:
+            out.print(json.dumps(body) if body else response.text)
+        return EXIT_OK if response.status_code == 200 else EXIT_FAILED
+    err.print("error: no node answered")
+    return EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelswarm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,13 +294,90 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (build, save):
         p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     images_parser.set_defaults(func=cmd_images)
+
+    def cluster_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-i",
+            "--inventory",
+            default=os.environ.get("MODELSWARM_INVENTORY", "inventory/lab"),
+            help="Ansible inventory of the cluster (default: $MODELSWARM_INVENTORY or inventory/lab)",
+        )
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    def build_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("bundle", help="model bundle directory (with modelswarm.yml)")
+        p.add_argument("--registry", help="cluster registry host:port (default: the leader's address, port 5000)")
+        p.add_argument(
+            "--runtime-image",
+            default=os.environ.get("MODELSWARM_RUNTIME_IMAGE", DEFAULT_RUNTIME),
+            help="Python base image of model images (default: $MODELSWARM_RUNTIME_IMAGE or %(default)s)",
+        )
+        p.add_argument(
+            "--pip-index-url",
+            default=os.environ.get("MODELSWARM_PIP_INDEX_URL", ""),
+            help="a PyPI mirror for air-gapped builds ($MODELSWARM_PIP_INDEX_URL)",
+        )
+
+    def rollout_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the rollout (default 600)")
+        p.add_argument(
+            "--actor",
+            default=os.environ.get("MODELSWARM_ACTOR", os.environ.get("USER", "modelswarm")),
+            help="who is rolling out, for the ledger (default: $MODELSWARM_ACTOR or $USER)",
+        )
+        p.add_argument(
+            "--endpoint-mode",
+            choices=["dnsrr", "vip"],
+            default="dnsrr",
+            help="service endpoints: DNS round-robin (no IPVS needed) or VIP",
+        )
+
+    build = sub.add_parser("build", help="validate a model bundle, build its image on the cluster and push it")
+    build_options(build)
+    cluster_options(build)
+    build.set_defaults(func=cmd_build)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="build if needed, then roll the model out and wait (exit 0 only when it serves on every replica)",
+        description="Exit codes: 0 deployed (or already deployed), 1 failed or paused, 2 bad input, "
+        "3 rolled back automatically, 4 timed out. Every rollout is written to the console's ledger.",
+    )
+    build_options(deploy)
+    rollout_options(deploy)
+    cluster_options(deploy)
+    deploy.set_defaults(func=cmd_deploy)
+
+    rollback = sub.add_parser("rollback", help="return a model to a recorded version (default: the previous one)")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", metavar="VERSION", help="a version from the ledger")
+    rollout_options(rollback)
+    cluster_options(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    status = sub.add_parser("status", help="models, versions and where their replicas run")
+    status.add_argument("name", nargs="?")
+    cluster_options(status)
+    status.set_defaults(func=cmd_status)
+
+    predict = sub.add_parser("predict", help="POST JSON to a model through NGINX (first node that answers)")
+    predict.add_argument("name")
+    predict.add_argument("data", help="the JSON request body")
+    predict.add_argument("--node", help="inventory name of the node to ask")
+    cluster_options(predict)
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from modelswarm.bundle import BundleError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BundleError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        return EXIT_USAGE
     except (lab.LabError, BuildError, docker.errors.DockerException, RuntimeError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return EXIT_FAILED

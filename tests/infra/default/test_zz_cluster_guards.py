@@ -8,7 +8,7 @@ import json
 
 import testinfra
 
-from tests.infra.helpers import inventory, lab_addresses, run_playbook, swarm_nodes
+from tests.infra.helpers import inventory, lab_addresses, run_playbook, secrets_dir, swarm_nodes
 
 testinfra_hosts = ["ansible://node1"]
 
@@ -23,6 +23,17 @@ def test_no_join_token_in_a_verbose_converge(host):
     assert result.returncode == 0, result.stdout[-3000:]
     leaked = any(token in result.stdout + result.stderr for token in tokens)
     assert not leaked, "a swarm join token appears in the converge output"
+
+
+def test_no_platform_secret_in_a_verbose_converge(host):
+    password = (secrets_dir() / "console-db-password").read_text().split()[0]
+    key_line = (secrets_dir() / "pki" / "server.key").read_text().splitlines()[1]
+    result = run_playbook("playbooks/site.yml", "--tags", "platform", "-vv")
+    assert result.returncode == 0, result.stdout[-3000:]
+    output = result.stdout + result.stderr
+    leaked = password in output or key_line in output
+    assert not leaked, "the database password or the TLS key appears in the converge output"
+    assert "changed=0" in output and "changed=1" not in output  # and the re-run changed nothing
 
 
 def test_host_in_a_different_swarm_stops_the_play_and_nothing_changes(host):

@@ -1,0 +1,218 @@
+"""Model bundles: a directory with a manifest, the model code, its requirements and its artifacts.
+
+    mymodel/
+      modelswarm.yml        the manifest (below)
+      model.py              the entry point: def predict(data) -> JSON-able; optional def load() -> None
+      requirements.txt      pip requirements (may be empty)
+      artifacts/...         files the model reads (listed in the manifest)
+
+    # modelswarm.yml
+    name: iris                  # 2-40 chars: lowercase letters, digits, dashes; service model-<name>
+    version: 1.0.0              # image tag: letters, digits, '.', '_', '-' (128 at most)
+    entrypoint: model.py        # default model.py
+    replicas: 2                 # default 2, at most one per node
+    resources: {cpus: "0.5", memory: 256M}
+    environment: {LOG_LEVEL: info}
+    artifacts: [artifacts/weights.npz]
+
+`load_bundle` checks everything before any build and raises BundleError with one message per problem.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+
+MANIFEST = "modelswarm.yml"
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+KNOWN_KEYS = {"name", "version", "entrypoint", "replicas", "resources", "environment", "artifacts", "description"}
+
+
+class BundleError(ValueError):
+    """The bundle is invalid; `problems` lists one message per problem."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        super().__init__(f"invalid model bundle {path}:\n  - " + "\n  - ".join(problems))
+        self.path, self.problems = path, problems
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    name: str
+    version: str
+    entrypoint: str = "model.py"
+    replicas: int = 2
+    cpus: str | None = None
+    memory: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    artifacts: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    has_load: bool = False
+
+    @property
+    def service(self) -> str:
+        return f"model-{self.name}"
+
+    def files(self) -> list[Path]:
+        """Every file that goes into the image, relative to the bundle (sorted, stable)."""
+        wanted = {MANIFEST, self.entrypoint, "requirements.txt", *self.artifacts}
+        helpers = [p for p in self.path.rglob("*.py") if "__pycache__" not in p.parts]
+        wanted.update(str(p.relative_to(self.path)) for p in helpers)
+        return sorted(Path(p) for p in wanted if (self.path / p).is_file())
+
+    def source_hash(self) -> str:
+        """sha256 over the names and contents of the files that go into the image."""
+        digest = hashlib.sha256()
+        for rel in self.files():
+            digest.update(str(rel).encode() + b"\0" + (self.path / rel).read_bytes() + b"\0")
+        return digest.hexdigest()
+
+
+def _check_entrypoint(path: Path, problems: list[str]) -> bool:
+    """The entry point parses and defines predict(data) (and maybe load()). Returns whether load() exists."""
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except SyntaxError as exc:
+        problems.append(f"{path.name}: syntax error at line {exc.lineno}: {exc.msg}")
+        return False
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    predict = functions.get("predict")
+    if predict is None:
+        problems.append(f"{path.name}: no top-level function predict(data) (the entry point every request calls)")
+    elif len(predict.args.args) != 1:
+        problems.append(f"{path.name}: predict must take exactly one argument (the decoded JSON request)")
+    load = functions.get("load")
+    if load is not None and (load.args.args or load.args.vararg):
+        problems.append(f"{path.name}: load() must take no arguments (it runs once, before serving)")
+    return load is not None
+
+
+def _check_requirements(path: Path, problems: list[str]) -> tuple[str, ...]:
+    if not path.is_file():
+        problems.append("requirements.txt is missing (an empty file is fine when the model needs nothing)")
+        return ()
+    found = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("-"):
+            problems.append(f"requirements.txt line {number}: pip options ({line.split()[0]}) are not allowed")
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as exc:
+            problems.append(f"requirements.txt line {number}: {line!r} is not a valid requirement ({exc})")
+            continue
+        if requirement.url:
+            problems.append(f"requirements.txt line {number}: direct URLs are not allowed ({requirement.name})")
+        found.append(str(requirement))
+    return tuple(found)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and validate a bundle directory; raise BundleError listing every problem found."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(root, [f"{root} is not a directory"])
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(root, [f"no {MANIFEST} manifest in {root}"])
+    try:
+        manifest = yaml.safe_load(manifest_path.read_text())
+    except yaml.YAMLError as exc:
+        raise BundleError(root, [f"{MANIFEST} is not valid YAML: {exc}"]) from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(root, [f"{MANIFEST} must be a mapping (name: ..., version: ...)"])
+
+    problems: list[str] = []
+    unknown = sorted(set(manifest) - KNOWN_KEYS)
+    if unknown:
+        problems.append(f"{MANIFEST}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+    name = manifest.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        problems.append(
+            f"name {name!r}: use 2-40 characters, lowercase letters, digits and dashes, starting with a letter "
+            "and not ending with a dash (it becomes the service name model-<name> and the URL /models/<name>/)"
+        )
+    version = manifest.get("version")
+    version = str(version) if isinstance(version, int | float) else version
+    if not isinstance(version, str) or not VERSION.match(version):
+        problems.append(f"version {version!r}: use letters, digits, '.', '_' and '-' (it becomes the image tag)")
+    replicas = manifest.get("replicas", 2)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 9:
+        problems.append(f"replicas {replicas!r}: a whole number from 1 to 9 (at most one per node)")
+
+    entrypoint = manifest.get("entrypoint", "model.py")
+    has_load = False
+    entry_path = root / str(entrypoint)
+    if not isinstance(entrypoint, str) or not entrypoint.endswith(".py") or "/" in entrypoint:
+        problems.append(f"entrypoint {entrypoint!r}: a .py file at the top of the bundle")
+    elif not entry_path.is_file():
+        problems.append(f"entrypoint {entrypoint} is missing")
+    else:
+        has_load = _check_entrypoint(entry_path, problems)
+
+    requirements = _check_requirements(root / "requirements.txt", problems)
+
+    artifacts = manifest.get("artifacts", []) or []
+    if not isinstance(artifacts, list) or not all(isinstance(a, str) for a in artifacts):
+        problems.append("artifacts: a list of file paths inside the bundle")
+        artifacts = []
+    for artifact in artifacts:
+        resolved = (root / artifact).resolve()
+        if root.resolve() not in resolved.parents:
+            problems.append(f"artifact {artifact}: must be inside the bundle")
+        elif not resolved.is_file():
+            problems.append(f"artifact {artifact} is missing")
+
+    resources = manifest.get("resources", {}) or {}
+    cpus, memory = None, None
+    if not isinstance(resources, dict) or set(resources) - {"cpus", "memory"}:
+        problems.append("resources: a mapping with cpus and/or memory")
+    else:
+        if "cpus" in resources:
+            try:
+                cpus = str(resources["cpus"])
+                if not 0 < float(cpus) <= 64:
+                    raise ValueError
+            except ValueError:
+                problems.append(f'resources.cpus {resources["cpus"]!r}: a number of CPUs, e.g. "0.5"')
+        if "memory" in resources:
+            memory = str(resources["memory"])
+            if not MEMORY.match(memory):
+                problems.append(f"resources.memory {memory!r}: a size such as 256M or 1G")
+
+    environment = manifest.get("environment", {}) or {}
+    if not isinstance(environment, dict):
+        problems.append("environment: a mapping of NAME: value")
+        environment = {}
+    for key in environment:
+        if not isinstance(key, str) or not ENV_NAME.match(key) or key.startswith("MODELSWARM_"):
+            problems.append(f"environment {key!r}: NAME in capitals (MODELSWARM_* is reserved)")
+
+    if problems:
+        raise BundleError(root, problems)
+    return Bundle(
+        path=root,
+        name=name,
+        version=version,
+        entrypoint=entrypoint,
+        replicas=replicas,
+        cpus=cpus,
+        memory=memory,
+        environment={k: str(v) for k, v in environment.items()},
+        artifacts=tuple(artifacts),
+        requirements=requirements,
+        has_load=has_load,
+    )

@@ -1,0 +1,168 @@
+"""Reaching the cluster: hosts from the Ansible inventory, the Docker API of a manager through SSH.
+
+The Ansible inventory is the one list of hosts: `ansible-inventory --list` gives each host's address, user, port,
+key and SSH options. The Docker API of a manager is reached by forwarding its socket over SSH (the same thing
+`docker -H ssh://` does), so the controller needs neither Docker nor an exposed Docker port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from modelswarm.console import progress
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached or used; the message says which host and why."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    user: str = "root"
+    port: int = 22
+    key: str | None = None
+    ssh_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: dict[str, Host]
+    groups: dict[str, list[str]]
+
+    @property
+    def leader(self) -> Host:
+        names = self.groups.get("leader", [])
+        if len(names) != 1:
+            raise ClusterError(f"the inventory must put exactly one host in group 'leader' (found {names})")
+        return self.hosts[names[0]]
+
+    @property
+    def managers(self) -> list[Host]:
+        return [self.hosts[n] for n in self.groups.get("managers", [])]
+
+
+def read_inventory(path: str | Path) -> Inventory:
+    """Hosts and groups as Ansible sees them (group_vars and host_vars applied)."""
+    tool = Path(sys.executable).parent / "ansible-inventory"
+    command = [str(tool) if tool.exists() else "ansible-inventory", "-i", str(path), "--list"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, env={**os.environ, "ANSIBLE_VERBOSITY": "0"}
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"cannot read the inventory {path}: {result.stderr.strip().splitlines()[-1:]}")
+    data = json.loads(result.stdout)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    groups: dict[str, list[str]] = {}
+
+    def collect(group: str) -> list[str]:
+        node = data.get(group, {})
+        members = list(node.get("hosts", []))
+        for child in node.get("children", []):
+            members += collect(child)
+        return members
+
+    for group in data:
+        if group != "_meta":
+            groups[group] = sorted(set(collect(group)))
+    hosts = {}
+    for name, values in hostvars.items():
+        hosts[name] = Host(
+            name=name,
+            address=str(values.get("ansible_host", name)),
+            user=str(values.get("ansible_user", "root")),
+            port=int(values.get("ansible_port", 22)),
+            key=values.get("ansible_ssh_private_key_file"),
+            ssh_args=tuple(shlex.split(str(values.get("ansible_ssh_common_args", "")))),
+        )
+    return Inventory(hosts=hosts, groups=groups)
+
+
+@contextlib.contextmanager
+def docker_on(host: Host, timeout: float = 15.0) -> Iterator[docker.DockerClient]:
+    """A Docker client for `host`'s daemon, through an SSH-forwarded socket; the tunnel ends with the block."""
+    workdir = Path(tempfile.mkdtemp(prefix="modelswarm-ssh-"))
+    socket_path = workdir / "docker.sock"
+    command = [
+        "ssh",
+        "-N",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        f"ConnectTimeout={int(timeout)}",
+        "-p",
+        str(host.port),
+        *(["-i", host.key] if host.key else []),
+        *host.ssh_args,
+        "-L",
+        f"{socket_path}:/var/run/docker.sock",
+        f"{host.user}@{host.address}",
+    ]
+    tunnel = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not socket_path.exists():
+            if tunnel.poll() is not None:
+                error = tunnel.stderr.read().decode().strip() if tunnel.stderr else ""
+                raise ClusterError(f"cannot reach {host.name} ({host.address}) over SSH: {error or 'ssh exited'}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"SSH to {host.name} ({host.address}) did not forward Docker's socket in time")
+            time.sleep(0.1)
+        client = docker.DockerClient(base_url=f"unix://{socket_path}", timeout=120)
+        try:
+            client.ping()
+            yield client
+        finally:
+            client.close()
+    finally:
+        tunnel.terminate()
+        try:
+            tunnel.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            tunnel.kill()
+        with contextlib.suppress(OSError):
+            socket_path.unlink()
+        with contextlib.suppress(OSError):
+            workdir.rmdir()
+
+
+@contextlib.contextmanager
+def manager(inventory: Inventory) -> Iterator[docker.DockerClient]:
+    """The first manager that answers and can manage the swarm: the designated leader first, then the others."""
+    candidates = [inventory.leader] + [h for h in inventory.managers if h.name != inventory.leader.name]
+    failures = []
+    for host in candidates:
+        stack = contextlib.ExitStack()
+        try:
+            client = stack.enter_context(docker_on(host))
+            manages = client.info().get("Swarm", {}).get("ControlAvailable")
+        except (ClusterError, docker.errors.DockerException) as exc:
+            stack.close()
+            failures.append(f"{host.name}: {exc}")
+            progress(f"manager {host.name} unavailable, trying the next one")
+            continue
+        if not manages:
+            stack.close()
+            failures.append(f"{host.name}: not a swarm manager")
+            continue
+        # Only connection failures move on to the next manager; errors of the caller's work propagate.
+        with stack:
+            yield client
+        return
+    raise ClusterError("no swarm manager answered: " + "; ".join(failures))

@@ -1,0 +1,117 @@
+"""Model images: render the Dockerfile, build on a manager, push to the cluster registry, return the digest.
+
+Tags are immutable: <registry>/models/<name>:<version>. Pushing a version whose tag already holds other content
+(another source hash) is refused; bump the version instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import docker
+import docker.errors
+
+from modelswarm.build import build_image, render
+from modelswarm.bundle import Bundle
+from modelswarm.console import progress
+
+GUNICORN_VERSION = "23.0.0"
+DEFAULT_WORKERS = 2
+
+
+class ImageError(RuntimeError):
+    """A model image could not be built or pushed; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    repository: str  # <registry>/models/<name>
+    tag: str  # the version
+    digest: str  # sha256:... as the registry knows it
+    source_hash: str
+
+    @property
+    def reference(self) -> str:
+        """Repository and digest: what services run, so every node runs exactly these bytes."""
+        return f"{self.repository}:{self.tag}@{self.digest}"
+
+
+def context_files(bundle: Bundle, runtime_image: str, pip_index_url: str = "") -> dict[str, bytes | str]:
+    source_hash = bundle.source_hash()
+    files: dict[str, bytes | str] = {
+        "Dockerfile": render(
+            "model/Dockerfile.j2",
+            bundle=bundle,
+            runtime_image=runtime_image,
+            source_hash=source_hash,
+            gunicorn_version=GUNICORN_VERSION,
+            workers=DEFAULT_WORKERS,
+            pip_index_url=pip_index_url,
+        ),
+        "requirements.txt": "\n".join(bundle.requirements) + "\n",
+        "server.py": resources.files("modelswarm.modelserver").joinpath("server.py").read_bytes(),
+    }
+    for rel in bundle.files():
+        files[f"bundle/{rel}"] = (bundle.path / rel).read_bytes()
+    return files
+
+
+def repository(registry: str, bundle: Bundle) -> str:
+    return f"{registry}/models/{bundle.name}"
+
+
+def existing(client: docker.DockerClient, repo: str, tag: str) -> tuple[str, str] | None:
+    """(digest, source hash) of repo:tag in the registry, or None if the tag is not there."""
+    try:
+        data = client.images.get_registry_data(f"{repo}:{tag}")
+    except docker.errors.NotFound:
+        return None
+    except docker.errors.APIError as exc:
+        if "manifest unknown" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise ImageError(f"cannot ask the registry about {repo}:{tag}: {exc}") from exc
+    image = client.images.pull(f"{repo}@{data.id}")
+    return data.id, (image.labels or {}).get("io.modelswarm.source-hash", "")
+
+
+def build_and_push(
+    client: docker.DockerClient, bundle: Bundle, registry: str, runtime_image: str, pip_index_url: str = ""
+) -> tuple[ModelImage, bool]:
+    """Build the bundle's image on `client`'s daemon and push it. Returns (image, built_now).
+
+    If the registry already holds this version with the same source hash, nothing is built or pushed.
+    """
+    repo, source_hash = repository(registry, bundle), bundle.source_hash()
+    found = existing(client, repo, bundle.version)
+    if found:
+        digest, pushed_hash = found
+        if pushed_hash != source_hash:
+            raise ImageError(
+                f"{repo}:{bundle.version} already exists with other content (source hash {pushed_hash[:12]}, "
+                f"this bundle {source_hash[:12]}): tags are immutable, bump the version in modelswarm.yml"
+            )
+        progress(f"{repo}:{bundle.version} is already in the registry ({digest[:19]}); nothing to build")
+        return ModelImage(repo, bundle.version, digest, source_hash), False
+    started = time.monotonic()
+    progress(f"building {repo}:{bundle.version} on the cluster")
+    build_image(
+        client,
+        f"{repo}:{bundle.version}",
+        context_files(bundle, runtime_image, pip_index_url),
+        labels={"io.modelswarm.model": bundle.name, "io.modelswarm.version": bundle.version},
+    )
+    progress(f"pushing {repo}:{bundle.version}")
+    digest = None
+    for event in client.api.push(repo, tag=bundle.version, stream=True, decode=True):
+        if "error" in event:
+            raise ImageError(f"push of {repo}:{bundle.version} failed: {event['error']}")
+        if event.get("status") == "Pushed" or event.get("status", "").startswith("Layer already exists"):
+            progress(f"  layer {event.get('id', '')}: {event['status']}")
+        if "aux" in event and "Digest" in event["aux"]:
+            digest = event["aux"]["Digest"]
+    if not digest:
+        raise ImageError(f"push of {repo}:{bundle.version} reported no digest")
+    progress(f"pushed {repo}:{bundle.version}@{digest[:19]} in {time.monotonic() - started:.0f}s")
+    return ModelImage(repo, bundle.version, digest, source_hash), True

@@ -1,0 +1,223 @@
+"""The rollout engine: create or update a model's swarm service and wait until the outcome is known.
+
+The outcome is read from the service itself - its UpdateStatus and its up-to-date running tasks - never from an
+exit code (`docker service update` exits 0 even after an automatic rollback). The CLI and the tests share it.
+
+Service model-<name>: on the models network, DNS round-robin endpoints (or VIP), N replicas (2 by default), at most
+one per node, updates one task at a time, start-first, rolled back automatically when a new task fails its health
+check within the monitor window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import docker
+import docker.errors
+from docker.types import EndpointSpec, Resources, RestartPolicy, RollbackConfig, ServiceMode, UpdateConfig
+
+SERVICE_PREFIX = "model-"
+LABEL_MODEL, LABEL_VERSION, LABEL_SOURCE = "io.modelswarm.model", "io.modelswarm.version", "io.modelswarm.source-hash"
+SECOND = 1_000_000_000
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROLLED_BACK, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a model's service should run."""
+
+    name: str
+    version: str
+    image: str  # repository:tag@sha256:... (digest-pinned)
+    source_hash: str = ""
+    replicas: int = 2
+    cpus: str | None = None
+    memory: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    network: str = "modelswarm-models"
+    endpoint_mode: str = "dnsrr"
+    monitor_seconds: int = 10
+    stop_grace_seconds: int = 30
+
+    @property
+    def service(self) -> str:
+        return SERVICE_PREFIX + self.name
+
+
+@dataclass
+class Outcome:
+    model: str
+    from_version: str | None
+    to_version: str
+    image: str
+    image_digest: str | None
+    result: str  # succeeded | rolled_back | failed | no_op
+    message: str
+    started_at: str
+    finished_at: str
+    actor: str = "modelswarm"
+
+    @property
+    def exit_code(self) -> int:
+        return {"succeeded": EXIT_OK, "no_op": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK}.get(
+            self.result, EXIT_TIMEOUT if "timed out" in self.message else EXIT_FAILED
+        )
+
+    def ledger_entry(self) -> dict:
+        entry = asdict(self)
+        entry["image"] = self.image.split("@")[0]
+        return entry
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _memory_bytes(text: str | None) -> int | None:
+    if not text:
+        return None
+    return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[text[-1]]
+
+
+def service_kwargs(target: Target) -> dict:
+    """The full service spec, for create and update alike (an update replaces what it names)."""
+    return {
+        "image": target.image,
+        "name": target.service,
+        "labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version, LABEL_SOURCE: target.source_hash},
+        "container_labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version},
+        "env": [f"{k}={v}" for k, v in sorted(target.environment.items())] + [f"MODELSWARM_IMAGE={target.image}"],
+        "networks": [target.network],
+        "endpoint_spec": EndpointSpec(mode=target.endpoint_mode),
+        "mode": ServiceMode("replicated", replicas=target.replicas),
+        "maxreplicas": 1,
+        "update_config": UpdateConfig(
+            parallelism=1,
+            delay=0,
+            failure_action="rollback",
+            monitor=target.monitor_seconds * SECOND,
+            max_failure_ratio=0.0,
+            order="start-first",
+        ),
+        "rollback_config": RollbackConfig(
+            parallelism=1, delay=0, failure_action="pause", monitor=5 * SECOND, order="start-first"
+        ),
+        "restart_policy": RestartPolicy(condition="any", delay=2 * SECOND, max_attempts=0),
+        "resources": Resources(
+            cpu_limit=int(float(target.cpus) * 1e9) if target.cpus else None,
+            mem_limit=_memory_bytes(target.memory),
+        ),
+        "stop_grace_period": target.stop_grace_seconds * SECOND,
+    }
+
+
+def find(client: docker.DockerClient, service: str):
+    try:
+        return client.services.get(service)
+    except docker.errors.NotFound:
+        return None
+
+
+def describe(service) -> dict:
+    spec = service.attrs["Spec"]
+    labels = spec.get("Labels") or {}
+    return {
+        "version": labels.get(LABEL_VERSION),
+        "source_hash": labels.get(LABEL_SOURCE),
+        "image": spec["TaskTemplate"]["ContainerSpec"]["Image"],
+        "replicas": spec["Mode"].get("Replicated", {}).get("Replicas"),
+        "update_state": (service.attrs.get("UpdateStatus") or {}).get("State"),
+        "update_message": (service.attrs.get("UpdateStatus") or {}).get("Message"),
+    }
+
+
+def running_up_to_date(client: docker.DockerClient, service_id: str) -> tuple[int, dict[str, int]]:
+    """(tasks running the current spec, count by state of the current spec's tasks meant to run)."""
+    tasks = client.api.tasks(filters={"service": service_id, "_up-to-date": "true", "desired-state": "running"})
+    states: dict[str, int] = {}
+    for task in tasks:
+        states[task["Status"]["State"]] = states.get(task["Status"]["State"], 0) + 1
+    return states.get("running", 0), states
+
+
+def wait(
+    client: docker.DockerClient,
+    service_id: str,
+    replicas: int,
+    timeout: float,
+    hold: float,
+    report: Callable[[str], None],
+) -> tuple[str, str]:
+    """Poll until the service converges, rolls back, pauses or times out. Returns (result, message).
+
+    Converged means: no update in progress (or it completed) and `replicas` up-to-date tasks running, held for
+    `hold` seconds (the monitor window) - the same rule as the docker CLI's progress loop.
+    """
+    started, since, last = time.monotonic(), None, ""
+    while time.monotonic() - started < timeout:
+        service = client.services.get(service_id)
+        status = service.attrs.get("UpdateStatus") or {}
+        state, message = status.get("State"), status.get("Message", "")
+        running, states = running_up_to_date(client, service_id)
+        line = f"{state or 'creating'}: {running}/{replicas} up-to-date tasks running " + (
+            "(" + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")" if states else ""
+        )
+        if line != last:
+            report(line)
+            last = line
+        if state == "rollback_completed":
+            return "rolled_back", f"rolled back automatically: {message}"
+        if state in ("paused", "rollback_paused"):
+            return "failed", f"update {state}: {message}"
+        if state in (None, "completed") and running == replicas:
+            since = since or time.monotonic()
+            if time.monotonic() - since >= hold:
+                return "succeeded", f"{running}/{replicas} replicas running the new version"
+        else:
+            since = None
+        time.sleep(1)
+    return "failed", f"timed out after {timeout:.0f}s waiting for the rollout ({last})"
+
+
+def rollout(
+    client: docker.DockerClient,
+    target: Target,
+    timeout: float = 600,
+    report: Callable[[str], None] = print,
+    actor: str = "modelswarm",
+) -> Outcome:
+    """Create or update the model's service to `target` and wait for the outcome."""
+    started = _now()
+    digest = target.image.split("@", 1)[1] if "@" in target.image else None
+    service = find(client, target.service)
+    before = describe(service) if service else None
+    if before and before["image"] == target.image and before["replicas"] == target.replicas:
+        running, _ = running_up_to_date(client, service.id)
+        if running == target.replicas and before["update_state"] in (None, "completed"):
+            return Outcome(
+                target.name, before["version"], target.version, target.image, digest, "no_op",
+                f"{target.service} already runs {target.version} on {running} replicas", started, _now(), actor,
+            )  # fmt: skip
+    kwargs = service_kwargs(target)
+    try:
+        if service is None:
+            report(f"creating {target.service} ({target.replicas} replicas of {target.version})")
+            service = client.services.create(**kwargs)
+        else:
+            report(f"updating {target.service}: {before['version']} -> {target.version}")
+            kwargs.pop("name")
+            service.update(**kwargs)
+    except docker.errors.APIError as exc:
+        return Outcome(
+            target.name, before and before["version"], target.version, target.image, digest, "failed",
+            f"the swarm refused the service spec: {exc.explanation or exc}", started, _now(), actor,
+        )  # fmt: skip
+    result, message = wait(client, service.id, target.replicas, timeout, target.monitor_seconds, report)
+    return Outcome(
+        target.name, before and before["version"], target.version, target.image, digest, result, message,
+        started, _now(), actor,
+    )  # fmt: skip
