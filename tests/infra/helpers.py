@@ -53,3 +53,25 @@ def service_tasks(host, service: str) -> list[dict]:
 
 def secrets_dir() -> Path:
     return REPO / ".secrets"
+
+
+LAB_RUNTIME_IMAGE = "modelswarm/python-runtime:3.11-bookworm"
+
+
+def modelswarm(*args: str, timeout: int = 900) -> tuple[int, dict, str]:
+    """Run the CLI against the scenario's hosts with --json; returns (exit code, JSON result, progress output)."""
+    env = dict(os.environ, MODELSWARM_RUNTIME_IMAGE=LAB_RUNTIME_IMAGE, MODELSWARM_ACTOR="testinfra")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "modelswarm"), *args, "-i", inventory(), "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    try:
+        payload = json.loads(result.stdout) if result.stdout.strip() else {}
+    except json.JSONDecodeError:
+        payload = {"unparsed": result.stdout}
+    return result.returncode, payload, result.stderr

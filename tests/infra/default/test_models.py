@@ -1,0 +1,141 @@
+"""Model lifecycle on the lab, as a CI pipeline drives it through the CLI. The tests run in order, as one story:
+
+deploy iris 1.0.0 -> predictions through every node -> the same bundle again is a no-op -> 1.1.0 rolls out ->
+a broken 1.2.0 is rolled back automatically (CLI exit 3) while 1.1.0 keeps answering -> rollback --to 1.0.0 ->
+the ledger holds every one of these rollouts.
+"""
+
+import json
+import shutil
+
+import pytest
+import requests
+import testinfra
+
+from tests.infra.helpers import REPO, inventory, lab_addresses, modelswarm
+
+testinfra_hosts = ["ansible://node1"]
+IRIS = REPO / "examples" / "models" / "iris"
+VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """iris 1.1.0 (a version bump) and 1.2.0-broken (load() raises: never healthy)."""
+    root = tmp_path_factory.mktemp("bundles")
+    bumped, broken = root / "iris-1.1.0", root / "iris-1.2.0"
+    shutil.copytree(IRIS, bumped)
+    shutil.copytree(IRIS, broken)
+    for path, version in ((bumped, "1.1.0"), (broken, "1.2.0-broken")):
+        manifest = (path / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
+        (path / "modelswarm.yml").write_text(manifest)
+    code = (broken / "model.py").read_text()
+    (broken / "model.py").write_text(
+        code.replace("def load():\n", 'def load():\n    raise RuntimeError("deliberately broken")\n', 1)
+    )
+    return {"1.1.0": bumped, "broken": broken}
+
+
+def replicas(host):
+    """(node, version reported by /info inside the container) for each running replica of model-iris."""
+    found = []
+    for node in sorted(lab_addresses()):
+        target = host if node == "node1" else testinfra.get_host(f"ansible://{node}", ansible_inventory=inventory())
+        for container in target.check_output(
+            "docker ps -q --filter label=com.docker.swarm.service.name=model-iris --filter health=healthy"
+        ).split():
+            info = json.loads(
+                target.check_output(
+                    'docker exec %s /opt/model/venv/bin/python -c "import urllib.request; '
+                    "print(urllib.request.urlopen('http://127.0.0.1:8000/info', timeout=5).read().decode())\"",
+                    container,
+                )
+            )
+            found.append((node, info["version"]))
+    return found
+
+
+def predict(node, data):
+    return requests.post(f"http://{lab_addresses()[node]}/models/iris/predict", json=data, timeout=10)
+
+
+def test_first_deploy_runs_two_replicas_on_two_nodes(host):
+    code, result, log = modelswarm("deploy", str(IRIS))
+    assert code == 0, log[-3000:]
+    assert result["result"] == "succeeded" and result["ledger_id"]
+    running = replicas(host)
+    assert [v for _, v in running] == ["1.0.0", "1.0.0"]
+    assert len({n for n, _ in running}) == 2  # at most one per node
+
+
+@pytest.mark.parametrize("node", sorted(lab_addresses()))
+def test_prediction_through_nginx_on_every_node_is_right(node):
+    virginica, setosa = predict(node, VIRGINICA), predict(node, SETOSA)
+    assert virginica.status_code == 200 and virginica.json()["prediction"]["species"] == "virginica"
+    assert setosa.json()["prediction"]["species"] == "setosa"
+    batch = predict(node, [SETOSA, VIRGINICA]).json()["prediction"]
+    assert [p["species"] for p in batch] == ["setosa", "virginica"]
+
+
+def test_bad_requests_get_clear_errors():
+    malformed = requests.post(f"http://{lab_addresses()['node2']}/models/iris/predict", data="{nope", timeout=10)
+    assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
+    missing = predict("node3", {"sepal_length": 1})
+    assert missing.status_code == 422 and "missing measurement(s)" in missing.json()["error"]
+    unknown = requests.post(f"http://{lab_addresses()['node1']}/models/nosuch/predict", json={}, timeout=10)
+    assert unknown.status_code == 502 and "not deployed" in unknown.json()["error"]
+
+
+def test_same_bundle_again_is_a_no_op():
+    code, result, log = modelswarm("deploy", str(IRIS))
+    assert code == 0, log[-2000:]
+    assert result["result"] == "no_op"
+    assert "nothing to build" in log
+
+
+def test_new_version_rolls_out_to_both_replicas(host, variants):
+    code, result, log = modelswarm("deploy", str(variants["1.1.0"]))
+    assert code == 0, log[-3000:]
+    assert (result["from_version"], result["to_version"], result["result"]) == ("1.0.0", "1.1.0", "succeeded")
+    assert [v for _, v in replicas(host)] == ["1.1.0", "1.1.0"]
+
+
+def test_broken_version_is_rolled_back_and_the_old_one_keeps_answering(host, variants):
+    code, result, log = modelswarm("deploy", str(variants["broken"]))
+    assert code == 3, log[-3000:]  # 3: rolled back automatically
+    assert result["result"] == "rolled_back"
+    assert [v for _, v in replicas(host)] == ["1.1.0", "1.1.0"]
+    answer = predict("node2", VIRGINICA)
+    assert answer.status_code == 200 and answer.json()["version"] == "1.1.0"
+
+
+def test_rollback_to_a_recorded_version(host):
+    code, result, log = modelswarm("rollback", "iris", "--to", "1.0.0")
+    assert code == 0, log[-3000:]
+    assert (result["from_version"], result["to_version"]) == ("1.1.0", "1.0.0")
+    assert [v for _, v in replicas(host)] == ["1.0.0", "1.0.0"]
+
+
+def test_rollback_to_an_unknown_version_is_refused():
+    code, _, log = modelswarm("rollback", "iris", "--to", "9.9.9")
+    assert code == 2 and "no recorded good rollout of iris to 9.9.9" in log
+
+
+def test_the_ledger_holds_every_rollout():
+    entries = requests.get(f"http://{lab_addresses()['node2']}/api/rollouts?model=iris", timeout=10).json()
+    story = [(e["to_version"], e["result"], e["actor"]) for e in reversed(entries)]
+    assert story == [
+        ("1.0.0", "succeeded", "testinfra"),
+        ("1.0.0", "no_op", "testinfra"),
+        ("1.1.0", "succeeded", "testinfra"),
+        ("1.2.0-broken", "rolled_back", "testinfra"),
+        ("1.0.0", "succeeded", "testinfra"),
+    ]
+    assert all(e["image_digest"].startswith("sha256:") for e in entries)
+
+
+def test_status_shows_the_model(host):
+    code, result, _ = modelswarm("status", "iris")
+    assert code == 0
+    assert result["iris"]["version"] == "1.0.0" and len(result["iris"]["tasks"]) == 2

@@ -1,0 +1,114 @@
+"""Model bundle validation and image-context rendering."""
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from modelswarm import build, bundle, modelimage
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
+
+
+@pytest.fixture
+def iris(tmp_path):
+    target = tmp_path / "iris"
+    shutil.copytree(EXAMPLES / "iris", target)
+    return target
+
+
+def edit(path: Path, old: str, new: str):
+    path.write_text(path.read_text().replace(old, new))
+
+
+def problems_of(path) -> list[str]:
+    with pytest.raises(bundle.BundleError) as caught:
+        bundle.load_bundle(path)
+    return caught.value.problems
+
+
+def test_examples_are_valid():
+    iris = bundle.load_bundle(EXAMPLES / "iris")
+    assert (iris.name, iris.version, iris.replicas, iris.service) == ("iris", "1.0.0", 2, "model-iris")
+    assert iris.requirements == ("numpy==2.1.3",) and iris.has_load
+    sentiment = bundle.load_bundle(EXAMPLES / "sentiment")
+    assert sentiment.requirements == () and sentiment.memory == "128M"
+
+
+def test_missing_predict(iris):
+    edit(iris / "model.py", "def predict(data):", "def guess(data):")
+    assert problems_of(iris) == ["model.py: no top-level function predict(data) (the entry point every request calls)"]
+
+
+@pytest.mark.parametrize("name", ["Iris", "x", "iris_", "iris-", "1iris", "a" * 41])
+def test_invalid_names(iris, name):
+    edit(iris / "modelswarm.yml", "name: iris", f"name: {name}")
+    assert len(problems_of(iris)) == 1 and problems_of(iris)[0].startswith(f"name {name!r}")
+
+
+def test_missing_requirements_file(iris):
+    (iris / "requirements.txt").unlink()
+    assert problems_of(iris) == ["requirements.txt is missing (an empty file is fine when the model needs nothing)"]
+
+
+def test_requirements_that_do_not_parse(iris):
+    (iris / "requirements.txt").write_text("numpy==2.1.3\nnot a requirement!!\n-e git+https://x/y\n")
+    found = problems_of(iris)
+    assert len(found) == 2
+    assert found[0].startswith("requirements.txt line 2: 'not a requirement!!' is not a valid requirement")
+    assert found[1] == "requirements.txt line 3: pip options (-e) are not allowed"
+
+
+def test_missing_artifact_and_escape(iris):
+    edit(iris / "modelswarm.yml", "artifacts: [artifacts/model.npz]", "artifacts: [artifacts/gone.npz, ../x]")
+    assert problems_of(iris) == ["artifact artifacts/gone.npz is missing", "artifact ../x: must be inside the bundle"]
+
+
+def test_several_problems_are_all_reported(iris):
+    edit(iris / "modelswarm.yml", "version: 1.0.0", "version: 'bad version'")
+    edit(iris / "modelswarm.yml", "replicas: 2", "replicas: 0")
+    edit(iris / "model.py", "def predict(data):", "def predict(data, extra):")
+    found = problems_of(iris)
+    assert len(found) == 3
+    assert any("version 'bad version'" in p for p in found)
+    assert any("replicas 0" in p for p in found)
+    assert any("exactly one argument" in p for p in found)
+
+
+def test_syntax_error_is_reported_with_its_line(iris):
+    (iris / "model.py").write_text("def predict(data):\n    return (\n")
+    assert problems_of(iris)[0].startswith("model.py: syntax error at line")
+
+
+def test_no_manifest(tmp_path):
+    assert problems_of(tmp_path) == [f"no modelswarm.yml manifest in {tmp_path}"]
+
+
+def test_source_hash_follows_content(iris):
+    first = bundle.load_bundle(iris).source_hash()
+    assert bundle.load_bundle(iris).source_hash() == first
+    edit(iris / "model.py", '"""Iris', '"""The iris')
+    assert bundle.load_bundle(iris).source_hash() != first
+
+
+def test_image_context_puts_dependencies_before_code(iris):
+    loaded = bundle.load_bundle(iris)
+    files = modelimage.context_files(loaded, "example/runtime:1")
+    dockerfile = files["Dockerfile"]
+    assert dockerfile.index("requirements.txt") < dockerfile.index("COPY bundle/")
+    assert "FROM example/runtime:1" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert f'io.modelswarm.source-hash="{loaded.source_hash()}"' in dockerfile
+    assert files["requirements.txt"] == "numpy==2.1.3\n"
+    assert "bundle/artifacts/model.npz" in files and "bundle/model.py" in files
+    with tarfile.open(fileobj=build.context_tar(files, b"PEM")) as tar:
+        assert build.CA_FILE_IN_CONTEXT in tar.getnames()
+
+
+def test_pip_mirror_is_set_only_when_given(iris):
+    loaded = bundle.load_bundle(iris)
+    assert "PIP_INDEX_URL" not in modelimage.context_files(loaded, "r:1")["Dockerfile"]
+    assert (
+        "PIP_INDEX_URL=https://mirror.example/simple"
+        in modelimage.context_files(loaded, "r:1", "https://mirror.example/simple")["Dockerfile"]
+    )
