@@ -12,6 +12,8 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= default
+# The lab's model runtime comes from the image kit (no registry to pull python:3.11-slim from).
+LAB_RUNTIME_IMAGE := modelswarm/python-runtime:3.11-bookworm
 
 .PHONY: help
 help: ## List the targets.
@@ -54,13 +56,19 @@ kit: venv ## Build the lab image kit from the Debian base and save the air-gappe
 
 # --------------------------------------------------------------------------------------------------- main job
 .PHONY: demo
-demo: engine venv lab-up kit ## Bring up the lab, build the swarm and deploy the platform on it.
+demo: engine venv lab-up kit ## Bring up the lab, build the swarm, deploy the platform and a demo model.
 	@ansible-playbook -i inventory/lab playbooks/site.yml
 	@ansible -i inventory/lab all -m ansible.builtin.ping -o
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker node ls" | tail -n +2
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker service ls" | tail -n +2
+	@MODELSWARM_RUNTIME_IMAGE=$(LAB_RUNTIME_IMAGE) modelswarm deploy examples/models/iris -i inventory/lab
+	@modelswarm status -i inventory/lab
 	@echo "demo: the platform runs on a three-manager swarm. The console, through NGINX on any node:"
 	@echo "        http://172.30.99.11/   http://172.30.99.12/   http://172.30.99.13/   (https with .secrets/pki/ca.crt)"
+	@echo "      a prediction from the demo model, through any node (try .11, .12 or .13):"
+	@echo "        curl -s -X POST -H 'Content-Type: application/json' \\"
+	@echo "          -d '{\"sepal_length\": 6.7, \"sepal_width\": 3.0, \"petal_length\": 5.2, \"petal_width\": 2.3}' \\"
+	@echo "          http://172.30.99.12/models/iris/predict"
 	@echo "      inspect: make lab-status; remove: make down"
 
 .PHONY: down

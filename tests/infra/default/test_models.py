@@ -139,3 +139,37 @@ def test_status_shows_the_model(host):
     code, result, _ = modelswarm("status", "iris")
     assert code == 0
     assert result["iris"]["version"] == "1.0.0" and len(result["iris"]["tasks"]) == 2
+
+
+def pyinfra(deploy: str, bundle):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(
+        os.environ,
+        MODELSWARM_INVENTORY=inventory(),
+        MODELSWARM_RUNTIME_IMAGE="modelswarm/python-runtime:3.11-bookworm",
+        MODELSWARM_ACTOR="pyinfra-test",
+    )
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "pyinfra"), "-y", "pyinfra_deploys/inventory.py",
+         f"pyinfra_deploys/{deploy}", "--data", f"bundle={bundle}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def test_pyinfra_rolls_out_from_the_ansible_inventory_and_then_reports_no_change():
+    sentiment = REPO / "examples" / "models" / "sentiment"
+    first = pyinfra("rollout_model.py", sentiment)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    answer = requests.post(f"http://{lab_addresses()['node3']}/models/sentiment/predict",
+                           json={"text": "great and reliable"}, timeout=10)  # fmt: skip
+    assert answer.json()["prediction"] == {"label": "positive", "score": 1.0}
+    again = pyinfra("rollout_model.py", sentiment)
+    assert again.returncode == 0 and "No changes" in again.stdout, again.stdout[-2000:]
+    built = pyinfra("build_model.py", sentiment)
+    assert built.returncode == 0 and "No changes" in built.stdout, built.stdout[-2000:]
+    entries = requests.get(f"http://{lab_addresses()['node1']}/api/rollouts?model=sentiment", timeout=10).json()
+    assert [(e["result"], e["actor"]) for e in entries] == [("succeeded", "pyinfra-test")]
