@@ -115,22 +115,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _deploy_target(args, inventory, registry, client, bundle, image):
-    from modelswarm import rollout
-
-    return rollout.Target(
-        name=bundle.name,
-        version=bundle.version,
-        image=image.reference,
-        source_hash=image.source_hash,
-        replicas=bundle.replicas,
-        cpus=bundle.cpus,
-        memory=bundle.memory,
-        environment=bundle.environment,
-        endpoint_mode=args.endpoint_mode,
-    )
-
-
 def _finish(args, inventory, outcome) -> int:
     from modelswarm import ledgerclient
 
@@ -159,7 +143,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     inventory, registry = _settings(args)
     with cluster.manager(inventory) as client:
         image, _ = modelimage.build_and_push(client, bundle, registry, args.runtime_image, args.pip_index_url)
-        target = _deploy_target(args, inventory, registry, client, bundle, image)
+        target = rollout.Target.for_bundle(bundle, image, args.endpoint_mode)
         outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
     return _finish(args, inventory, outcome)
 

@@ -47,6 +47,21 @@ class Target:
     def service(self) -> str:
         return SERVICE_PREFIX + self.name
 
+    @classmethod
+    def for_bundle(cls, bundle, image, endpoint_mode: str = "dnsrr") -> Target:
+        """What a bundle's manifest asks for, running `image` (a modelimage.ModelImage)."""
+        return cls(
+            name=bundle.name,
+            version=bundle.version,
+            image=image.reference,
+            source_hash=image.source_hash,
+            replicas=bundle.replicas,
+            cpus=bundle.cpus,
+            memory=bundle.memory,
+            environment=bundle.environment,
+            endpoint_mode=endpoint_mode,
+        )
+
 
 @dataclass
 class Outcome:

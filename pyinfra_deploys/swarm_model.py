@@ -63,16 +63,7 @@ def _rollout(bundle_path: str, inventory_path: str, runtime_image: str, timeout:
     bundle = load_bundle(bundle_path)
     with cluster.manager(inventory) as client:
         image, _ = modelimage.build_and_push(client, bundle, registry, runtime_image)
-        target = rollout.Target(
-            name=bundle.name,
-            version=bundle.version,
-            image=image.reference,
-            source_hash=image.source_hash,
-            replicas=bundle.replicas,
-            cpus=bundle.cpus,
-            memory=bundle.memory,
-            environment=bundle.environment,
-        )
+        target = rollout.Target.for_bundle(bundle, image)
         outcome = rollout.rollout(client, target, timeout=timeout, report=lambda line: None, actor=actor)
     try:
         ledgerclient.record(inventory, outcome.ledger_entry())
