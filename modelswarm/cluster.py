@@ -86,7 +86,8 @@ def read_inventory(path: str | Path) -> Inventory:
             address=str(values.get("ansible_host", name)),
             user=str(values.get("ansible_user", "root")),
             port=int(values.get("ansible_port", 22)),
-            key=values.get("ansible_ssh_private_key_file"),
+            # Both spellings are Ansible's; molecule writes the short one.
+            key=values.get("ansible_ssh_private_key_file") or values.get("ansible_private_key_file"),
             ssh_args=tuple(shlex.split(str(values.get("ansible_ssh_common_args", "")))),
         )
     return Inventory(hosts=hosts, groups=groups)

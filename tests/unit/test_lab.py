@@ -159,3 +159,19 @@ def test_molecule_instances_match_the_inventory(tmp_path):
         ("node3", "172.30.99.13"),
     ]
     assert all(r["identity_file"] == str(key) and r["user"] == "root" for r in rows)
+
+
+def test_cluster_inventory_reads_either_key_spelling(tmp_path):
+    from modelswarm import cluster
+
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n  children:\n    managers:\n      hosts:\n"
+        "        a: {ansible_host: 127.0.0.21, ansible_private_key_file: /k/short}\n"
+        "        b: {ansible_host: 127.0.0.22, ansible_ssh_private_key_file: /k/long,"
+        " ansible_ssh_common_args: '-o StrictHostKeyChecking=no'}\n"
+        "    leader:\n      hosts:\n        a: {}\n"
+    )
+    inventory = cluster.read_inventory(tmp_path / "hosts.yml")
+    assert inventory.hosts["a"].key == "/k/short" and inventory.hosts["b"].key == "/k/long"
+    assert inventory.leader.name == "a" and [h.name for h in inventory.managers] == ["a", "b"]
+    assert inventory.hosts["b"].ssh_args == ("-o", "StrictHostKeyChecking=no")
