@@ -16,17 +16,23 @@ def inventory() -> str:
     return path
 
 
-def run_playbook(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """ansible-playbook from this venv, against the scenario's hosts, from the repository root."""
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+def run_tool(tool: str, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """A tool of this venv (ansible-playbook, modelswarm, pyinfra), run from the repository root."""
     return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory(), *args],
+        [str(Path(sys.executable).parent / tool), *args],
         cwd=REPO,
-        env=env,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", **env},
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+    )
+
+
+def run_playbook(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """ansible-playbook against the scenario's hosts."""
+    return run_tool(
+        "ansible-playbook", "-i", inventory(), *args, timeout=timeout, ANSIBLE_ROLES_PATH=str(REPO / "roles")
     )
 
 
@@ -60,16 +66,10 @@ LAB_RUNTIME_IMAGE = "modelswarm/python-runtime:3.11-bookworm"
 
 def modelswarm(*args: str, timeout: int = 900) -> tuple[int, dict, str]:
     """Run the CLI against the scenario's hosts with --json; returns (exit code, JSON result, progress output)."""
-    env = dict(os.environ, MODELSWARM_RUNTIME_IMAGE=LAB_RUNTIME_IMAGE, MODELSWARM_ACTOR="testinfra")
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "modelswarm"), *args, "-i", inventory(), "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    result = run_tool(
+        "modelswarm", *args, "-i", inventory(), "--json", timeout=timeout,
+        MODELSWARM_RUNTIME_IMAGE=LAB_RUNTIME_IMAGE, MODELSWARM_ACTOR="testinfra",
+    )  # fmt: skip
     try:
         payload = json.loads(result.stdout) if result.stdout.strip() else {}
     except json.JSONDecodeError:

@@ -12,7 +12,7 @@ import pytest
 import requests
 import testinfra
 
-from tests.infra.helpers import REPO, inventory, lab_addresses, modelswarm
+from tests.infra.helpers import LAB_RUNTIME_IMAGE, REPO, inventory, lab_addresses, modelswarm, run_tool
 
 testinfra_hosts = ["ansible://node1"]
 IRIS = REPO / "examples" / "models" / "iris"
@@ -142,21 +142,10 @@ def test_status_shows_the_model(host):
 
 
 def pyinfra(deploy: str, bundle):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = dict(
-        os.environ,
-        MODELSWARM_INVENTORY=inventory(),
-        MODELSWARM_RUNTIME_IMAGE="modelswarm/python-runtime:3.11-bookworm",
+    return run_tool(
+        "pyinfra", "-y", "pyinfra_deploys/inventory.py", f"pyinfra_deploys/{deploy}", "--data", f"bundle={bundle}",
+        timeout=900, MODELSWARM_INVENTORY=inventory(), MODELSWARM_RUNTIME_IMAGE=LAB_RUNTIME_IMAGE,
         MODELSWARM_ACTOR="pyinfra-test",
-    )
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "pyinfra"), "-y", "pyinfra_deploys/inventory.py",
-         f"pyinfra_deploys/{deploy}", "--data", f"bundle={bundle}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
 
 
