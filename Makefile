@@ -63,12 +63,14 @@ demo: engine venv lab-up kit ## Bring up the lab, build the swarm, deploy the pl
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker service ls" | tail -n +2
 	@MODELSWARM_RUNTIME_IMAGE=$(LAB_RUNTIME_IMAGE) modelswarm deploy examples/models/iris -i inventory/lab
 	@modelswarm status -i inventory/lab
-	@echo "demo: the platform runs on a three-manager swarm. The console, through NGINX on any node:"
-	@echo "        http://172.30.99.11/   http://172.30.99.12/   http://172.30.99.13/   (https with .secrets/pki/ca.crt)"
-	@echo "      a prediction from the demo model, through any node (try .11, .12 or .13):"
-	@echo "        curl -s -X POST -H 'Content-Type: application/json' \\"
-	@echo "          -d '{\"sepal_length\": 6.7, \"sepal_width\": 3.0, \"petal_length\": 5.2, \"petal_width\": 2.3}' \\"
-	@echo "          http://172.30.99.12/models/iris/predict"
+	@addresses=$$(modelswarm lab status --json | python3 -c 'import json,sys; print(" ".join(n["address"] for n in json.load(sys.stdin)["nodes"].values()))'); \
+	 set -- $$addresses; \
+	 echo "demo: the platform runs on a three-manager swarm. The console, through NGINX on any node:"; \
+	 echo "        http://$$1/   http://$$2/   http://$$3/   (https with .secrets/pki/ca.crt)"; \
+	 echo "      a prediction from the demo model, through any node:"; \
+	 echo "        curl -s -X POST -H 'Content-Type: application/json' \\"; \
+	 echo "          -d '{\"sepal_length\": 6.7, \"sepal_width\": 3.0, \"petal_length\": 5.2, \"petal_width\": 2.3}' \\"; \
+	 echo "          http://$$2/models/iris/predict"
 	@echo "      inspect: make lab-status; remove: make down"
 
 .PHONY: down
