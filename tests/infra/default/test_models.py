@@ -125,7 +125,7 @@ def test_rollback_to_an_unknown_version_is_refused():
 def test_the_ledger_holds_every_rollout():
     entries = requests.get(f"http://{lab_addresses()['node2']}/api/rollouts?model=iris", timeout=10).json()
     # Every rollout is recorded. Compared as a multiset: in CI the no-op's entry has been seen to arrive after
-    # later rollouts' entries (a delayed write, still unexplained; see README "Known issues").
+    # later rollouts' entries (by id and by start time; still unexplained, see README "Known issues").
     story = sorted((e["to_version"], e["result"], e["actor"]) for e in entries)
     assert story == sorted(
         [
