@@ -92,7 +92,7 @@ def _settings(args: argparse.Namespace):
     from modelswarm import cluster
 
     inventory = cluster.read_inventory(args.inventory)
-    registry = getattr(args, "registry", None) or f"{inventory.leader.address}:5000"
+    registry = getattr(args, "registry", None) or inventory.registry
     return inventory, registry
 
 
@@ -149,9 +149,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from modelswarm import cluster, ledgerclient, rollout
+    from modelswarm import cluster, ledgerclient, modelimage, rollout
 
     inventory, _ = _settings(args)
     entries = ledgerclient.history(inventory, args.name)
@@ -174,14 +172,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         chosen = candidates[0]
         spec = service.attrs["Spec"]
+        repo, tag = chosen["image"].rsplit(":", 1)
+        found = modelimage.existing(client, repo, tag)  # the chosen version's own source hash, from its image
         target = rollout.Target(
             name=args.name,
             version=chosen["to_version"],
             image=f"{chosen['image']}@{chosen['image_digest']}",
+            source_hash=found[1] if found else "",
             replicas=spec["Mode"]["Replicated"]["Replicas"],
             endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
         )
-        target = replace(target, source_hash=(spec.get("Labels") or {}).get(rollout.LABEL_SOURCE, ""))
         outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
     return _finish(args, inventory, outcome)
 

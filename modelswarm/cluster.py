@@ -52,6 +52,11 @@ class Inventory:
         return self.hosts[names[0]]
 
     @property
+    def registry(self) -> str:
+        """The cluster registry: the platform runs it on the designated leader, port 5000."""
+        return f"{self.leader.address}:5000"
+
+    @property
     def managers(self) -> list[Host]:
         return [self.hosts[n] for n in self.groups.get("managers", [])]
 

@@ -47,22 +47,17 @@ class ImageSourceHash(FactBase):
         return "".join(output).strip() or None
 
 
-def _settings(inventory_path: str):
-    inventory = cluster.read_inventory(inventory_path)
-    return inventory, f"{inventory.leader.address}:5000"
-
-
 def _build(bundle_path: str, inventory_path: str, runtime_image: str) -> None:
-    _, registry = _settings(inventory_path)
-    with cluster.manager(cluster.read_inventory(inventory_path)) as client:
-        modelimage.build_and_push(client, load_bundle(bundle_path), registry, runtime_image)
+    inventory = cluster.read_inventory(inventory_path)
+    with cluster.manager(inventory) as client:
+        modelimage.build_and_push(client, load_bundle(bundle_path), inventory.registry, runtime_image)
 
 
 def _rollout(bundle_path: str, inventory_path: str, runtime_image: str, timeout: float, actor: str) -> None:
-    inventory, registry = _settings(inventory_path)
+    inventory = cluster.read_inventory(inventory_path)
     bundle = load_bundle(bundle_path)
     with cluster.manager(inventory) as client:
-        image, _ = modelimage.build_and_push(client, bundle, registry, runtime_image)
+        image, _ = modelimage.build_and_push(client, bundle, inventory.registry, runtime_image)
         target = rollout.Target.for_bundle(bundle, image)
         outcome = rollout.rollout(client, target, timeout=timeout, report=lambda line: None, actor=actor)
     try:
@@ -81,7 +76,7 @@ def _inventory_path() -> str:
 def model_image(bundle_path: str, runtime_image: str):
     """Build and push a bundle's image, unless this host (a manager) already holds it with the same source hash."""
     bundle = load_bundle(bundle_path)
-    _, registry = _settings(_inventory_path())
+    registry = cluster.read_inventory(_inventory_path()).registry
     present = host.get_fact(ImageSourceHash, image=f"{modelimage.repository(registry, bundle)}:{bundle.version}")
     if present == bundle.source_hash():
         host.noop(f"{bundle.name} {bundle.version} is already built and pushed")
