@@ -143,6 +143,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     inventory, registry = _settings(args)
     with cluster.manager(inventory) as client:
         image, _ = modelimage.build_and_push(client, bundle, registry, args.runtime_image, args.pip_index_url)
+        modelimage.stage(inventory, image.reference)
         target = rollout.Target.for_bundle(bundle, image, args.endpoint_mode)
         outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
     return _finish(args, inventory, outcome)
@@ -182,6 +183,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             replicas=spec["Mode"]["Replicated"]["Replicas"],
             endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
         )
+        modelimage.ensure_in_registry(client, target.image)
+        modelimage.stage(inventory, target.image)
         outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
     return _finish(args, inventory, outcome)
 
@@ -241,6 +244,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return EXIT_OK if response.status_code == 200 else EXIT_FAILED
     err.print("error: no node answered")
     return EXIT_FAILED
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from modelswarm import cluster
+    from modelswarm import load as loads
+
+    networks = [lab.LabSettings.from_env().subnet]
+    hosts: list[str] = []
+    if args.inventory:
+        inventory = cluster.read_inventory(args.inventory)
+        hosts = [h.address for h in inventory.hosts.values()]
+    if args.data is not None:
+        try:
+            json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            err.print(f"error: --data is not JSON: {exc}")
+            return EXIT_USAGE
+    plan = loads.LoadPlan(
+        url=args.url,
+        body=args.data,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        rate_per_worker=args.rate / args.concurrency if args.rate else 0.0,
+        timeout=args.request_timeout,
+    )
+    try:
+        loads.allowed_target(plan.url, networks, hosts)
+        progress(f"load: {plan.total} requests, {plan.concurrency} workers -> {plan.url}")
+        result = loads.run(plan)
+    except loads.LoadError as exc:
+        err.print(f"error: {exc}")
+        return EXIT_USAGE
+    _emit(args, result.as_dict(), result.summary())
+    return EXIT_OK if result.failed == 0 else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,16 +387,33 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--node", help="inventory name of the node to ask")
     cluster_options(predict)
     predict.set_defaults(func=cmd_predict)
+
+    load = sub.add_parser(
+        "load",
+        help="send bounded prediction load with hey; report failures by kind, p50/p99/max and failures per second",
+        description="Only loopback, the lab network and the hosts of --inventory are accepted as targets. "
+        "Exit 0 when every request got a 2xx answer, 1 when some failed, 2 on bad input.",
+    )
+    load.add_argument("url", help="e.g. http://172.30.99.12/models/iris/predict")
+    load.add_argument("--data", help="JSON body to POST (without it: GET)")
+    load.add_argument("--requests", type=int, default=200, help="total requests (default 200)")
+    load.add_argument("--concurrency", type=int, default=4, help="concurrent workers (default 4)")
+    load.add_argument("--rate", type=float, default=0, help="requests per second in all (default: no limit)")
+    load.add_argument("--request-timeout", type=int, default=10, help="seconds per request (default 10)")
+    load.add_argument("-i", "--inventory", help="also accept this inventory's hosts as targets")
+    load.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    load.set_defaults(func=cmd_load)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from modelswarm.bundle import BundleError
+    from modelswarm.modelimage import ImageMissing
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except BundleError as exc:
+    except (BundleError, ImageMissing) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return EXIT_USAGE
     except (lab.LabError, BuildError, docker.errors.DockerException, RuntimeError) as exc:

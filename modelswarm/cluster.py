@@ -29,6 +29,14 @@ class ClusterError(RuntimeError):
     """The cluster cannot be reached or used; the message says which host and why."""
 
 
+class QuorumLost(ClusterError):
+    """Managers answer, but none can reach a majority of the managers: the swarm cannot be changed."""
+
+
+def _no_leader(exc: Exception) -> bool:
+    return "does not have a leader" in str(exc) or "not have a valid cluster leader" in str(exc)
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -63,6 +71,8 @@ class Inventory:
 
 def read_inventory(path: str | Path) -> Inventory:
     """Hosts and groups as Ansible sees them (group_vars and host_vars applied)."""
+    if not Path(path).exists():
+        raise ClusterError(f"the inventory {path} does not exist (give -i or set MODELSWARM_INVENTORY)")
     tool = Path(sys.executable).parent / "ansible-inventory"
     command = [str(tool) if tool.exists() else "ansible-inventory", "-i", str(path), "--list"]
     result = subprocess.run(
@@ -152,12 +162,22 @@ def docker_on(host: Host, timeout: float = 15.0) -> Iterator[docker.DockerClient
 def manager(inventory: Inventory) -> Iterator[docker.DockerClient]:
     """The first manager that answers and can manage the swarm: the designated leader first, then the others."""
     candidates = [inventory.leader] + [h for h in inventory.managers if h.name != inventory.leader.name]
-    failures = []
+    failures, without_quorum = [], []
     for host in candidates:
         stack = contextlib.ExitStack()
         try:
             client = stack.enter_context(docker_on(host))
             manages = client.info().get("Swarm", {}).get("ControlAvailable")
+            if manages:
+                client.api.nodes()  # needs a raft leader: fails when the swarm has lost quorum
+        except docker.errors.APIError as exc:
+            stack.close()
+            if not _no_leader(exc):
+                raise
+            without_quorum.append(host.name)
+            failures.append(f"{host.name}: answers, but the swarm has no leader")
+            progress(f"manager {host.name} answers but sees no raft leader, trying the next one")
+            continue
         except (ClusterError, docker.errors.DockerException) as exc:
             stack.close()
             failures.append(f"{host.name}: {exc}")
@@ -171,4 +191,12 @@ def manager(inventory: Inventory) -> Iterator[docker.DockerClient]:
         with stack:
             yield client
         return
+    if without_quorum:
+        raise QuorumLost(
+            f"the swarm has lost quorum: {len(without_quorum)} of {len(candidates)} managers answer "
+            f"({', '.join(without_quorum)}) and none of them has a raft leader, so nothing can be deployed or changed. "
+            "Running models keep serving on the nodes that are up. Bring the other managers back, or recover from a "
+            "survivor: ansible-playbook -i <inventory> playbooks/recover-quorum.yml -e recover_survivor=<host> "
+            f"(details: {'; '.join(failures)})"
+        )
     raise ClusterError("no swarm manager answered: " + "; ".join(failures))

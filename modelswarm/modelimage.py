@@ -25,6 +25,10 @@ class ImageError(RuntimeError):
     """A model image could not be built or pushed; the message says why."""
 
 
+class ImageMissing(ImageError):
+    """A rollout names an image the registry does not hold: bad input, refused before anything changes."""
+
+
 @dataclass(frozen=True)
 class ModelImage:
     repository: str  # <registry>/models/<name>
@@ -115,3 +119,59 @@ def build_and_push(
         raise ImageError(f"push of {repo}:{bundle.version} reported no digest")
     progress(f"pushed {repo}:{bundle.version}@{digest[:19]} in {time.monotonic() - started:.0f}s")
     return ModelImage(repo, bundle.version, digest, source_hash), True
+
+
+def _by_digest(reference: str) -> str:
+    """repo:tag@sha256:... -> repo@sha256:... (what registries and the pull API key on)."""
+    if "@" not in reference:
+        return reference
+    name, digest = reference.split("@", 1)
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    return f"{name}@{digest}"
+
+
+def ensure_in_registry(client: docker.DockerClient, reference: str) -> None:
+    """Raise ImageError unless the registry holds `reference` - asked before a service is changed, so a rollout to
+    an image that is gone (deleted, garbage-collected, mistyped) is refused instead of started."""
+    wanted = _by_digest(reference)
+    try:
+        client.images.get_registry_data(wanted)
+    except docker.errors.NotFound as exc:
+        raise ImageMissing(f"{wanted} does not exist in the registry: nothing was changed") from exc
+    except docker.errors.APIError as exc:
+        text = str(exc)
+        if "manifest unknown" in text or "not found" in text.lower():
+            raise ImageMissing(f"{wanted} does not exist in the registry: nothing was changed") from exc
+        raise ImageError(f"cannot ask the registry about {wanted}: {exc}") from exc
+
+
+def stage(inventory, reference: str) -> dict[str, str]:
+    """Pull `reference` on every manager, in parallel, so that a replica rescheduled after a node loss starts from
+    the local copy even while the registry (on the designated leader) is down. Returns node -> outcome; a node that
+    cannot be reached is reported and skipped (it pulls when it next runs a replica)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modelswarm import cluster
+
+    wanted = _by_digest(reference)
+    repository_name, digest = wanted.split("@", 1)
+
+    def pull(host) -> str:
+        try:
+            with cluster.docker_on(host, timeout=10) as client:
+                client.images.pull(repository_name, tag=digest)
+            return "present"
+        except (cluster.ClusterError, docker.errors.DockerException) as exc:
+            return f"not staged: {str(exc).splitlines()[0][:200]}"
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, len(inventory.managers))) as pool:
+        outcomes = dict(zip([h.name for h in inventory.managers], pool.map(pull, inventory.managers), strict=True))
+    for node, outcome in sorted(outcomes.items()):
+        if outcome != "present":
+            progress(f"warning: image on {node} {outcome}")
+    staged = sum(1 for o in outcomes.values() if o == "present")
+    progress(f"image staged on {staged}/{len(outcomes)} nodes in {time.monotonic() - started:.1f}s")
+    return outcomes

@@ -19,6 +19,8 @@ import docker
 import docker.errors
 from docker.types import EndpointSpec, Resources, RestartPolicy, RollbackConfig, ServiceMode, UpdateConfig
 
+from modelswarm import modelimage
+
 SERVICE_PREFIX = "model-"
 LABEL_MODEL, LABEL_VERSION, LABEL_SOURCE = "io.modelswarm.model", "io.modelswarm.version", "io.modelswarm.source-hash"
 SECOND = 1_000_000_000
@@ -217,6 +219,8 @@ def rollout(
                 target.name, before["version"], target.version, target.image, digest, "no_op",
                 f"{target.service} already runs {target.version} on {running} replicas", started, _now(), actor,
             )  # fmt: skip
+    # Refuse an image the registry does not hold before the service is touched (raises modelimage.ImageMissing).
+    modelimage.ensure_in_registry(client, target.image)
     kwargs = service_kwargs(target)
     try:
         if service is None:

@@ -58,6 +58,7 @@ def _rollout(bundle_path: str, inventory_path: str, runtime_image: str, timeout:
     bundle = load_bundle(bundle_path)
     with cluster.manager(inventory) as client:
         image, _ = modelimage.build_and_push(client, bundle, inventory.registry, runtime_image)
+        modelimage.stage(inventory, image.reference)
         target = rollout.Target.for_bundle(bundle, image)
         outcome = rollout.rollout(client, target, timeout=timeout, report=lambda line: None, actor=actor)
     try:

@@ -25,6 +25,7 @@ command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v make >/dev/null 2>&1 || missing+=(make)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v hey >/dev/null 2>&1 || missing+=(hey)  # the HTTP load generator of the HA tests and benchmarks
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from the distribution's repositories"
@@ -32,7 +33,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  say "packages present (docker.io, debootstrap, openssh-client, make, python3-venv)"
+  say "packages present (docker.io, debootstrap, openssh-client, make, python3-venv, hey)"
 fi
 
 if docker info >/dev/null 2>&1; then

@@ -12,11 +12,22 @@ TARGET = rollout.Target(name="iris", version="1.1.0", image="r:5000/models/iris:
 class FakeSwarm:
     """services.get returns successive UpdateStatus states; api.tasks returns successive running counts."""
 
-    def __init__(self, states, running, existing=None):
+    def __init__(self, states, running, existing=None, registry_holds=True):
         self.states, self.running, self.existing = list(states), list(running), existing
         self.services = self
         self.api = self
+        self.images = self
         self.updated, self.created = None, None
+        self.registry_holds, self.asked_registry = registry_holds, []
+
+    # client.images
+    def get_registry_data(self, reference):
+        import docker.errors
+
+        self.asked_registry.append(reference)
+        if not self.registry_holds:
+            raise docker.errors.NotFound("manifest unknown")
+        return SimpleNamespace(id=reference.split("@")[1])
 
     # client.services
     def get(self, _name):
@@ -113,3 +124,20 @@ def test_first_deploy_creates_the_full_spec():
     assert created["endpoint_spec"]["Mode"] == "dnsrr"
     assert created["networks"] == ["modelswarm-models"]
     assert f"MODELSWARM_IMAGE={TARGET.image}" in created["env"]
+
+
+def test_an_image_the_registry_does_not_hold_is_refused_before_anything_changes():
+    from modelswarm import modelimage
+
+    swarm = FakeSwarm(["completed"], [2], existing=spec("r:5000/models/iris:1.0.0@sha256:" + "b" * 64, "1.0.0"),
+                      registry_holds=False)  # fmt: skip
+    with pytest.raises(modelimage.ImageMissing, match="does not exist in the registry: nothing was changed"):
+        run(swarm)
+    assert swarm.asked_registry == ["r:5000/models/iris@sha256:" + "a" * 64]
+    assert swarm.updated is None and swarm.created is None
+
+
+def test_a_no_op_does_not_need_the_registry():
+    swarm = FakeSwarm([None], [2], existing=spec(TARGET.image, "1.1.0"), registry_holds=False)
+    outcome, _ = run(swarm)
+    assert outcome.result == "no_op" and swarm.asked_registry == []

@@ -1,0 +1,314 @@
+"""High availability under load, on the three-manager lab with the platform and the iris model (2 replicas).
+
+The cases run in file order; each starts from a healthy cluster and restores it before the next. Prediction load
+comes from `hey` (modelswarm.load) through the NGINX of a node that is not the one being hurt, and every request
+is counted. The figures (failed requests, recovery seconds) are printed at the end and written to
+.lab/ha-results.json; docs/benchmarks.md records a run.
+
+Before the faults, the bad input that needs a live cluster: an unreachable host, a rollout to an image that does
+not exist - each refused with one clear message, and nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import requests
+
+from modelswarm.lab import LabSettings
+from modelswarm.load import LoadPlan, LoadRun, allowed_target
+from tests.infra.ha import helpers as ha
+from tests.infra.helpers import REPO, inventory, lab_addresses, modelswarm, run_playbook
+
+testinfra_hosts = ["ansible://node1"]
+IRIS = REPO / "examples" / "models" / "iris"
+VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+RESULTS: dict[str, dict] = {}
+
+
+def start_load(via: str, seconds: int, rate: int = 40, concurrency: int = 4) -> LoadRun:
+    """`rate` predictions per second for `seconds` through `via`'s NGINX (bounded in count and time)."""
+    plan = LoadPlan(
+        url=f"http://{lab_addresses()[via]}/models/iris/predict",
+        body=json.dumps(VIRGINICA),
+        requests=rate * seconds,
+        concurrency=concurrency,
+        rate_per_worker=rate / concurrency,
+        timeout=10,
+    )
+    allowed_target(plan.url, [LabSettings.from_env().subnet])
+    return LoadRun(plan).start()
+
+
+def load_figures(result) -> dict:
+    return {
+        "requests": result.sent,
+        "failed": result.failed,
+        "failures": result.failures,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "max_ms": result.max_ms,
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    """Print and keep the figures of every case, whatever happens."""
+    yield
+    path = LabSettings.from_env().state_dir / "ha-results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(RESULTS, indent=2) + "\n")
+    print("\n=== HA figures (also in", path, ")")
+    for case, figures in RESULTS.items():
+        print(f"  {case}: {json.dumps(figures)}")
+
+
+@pytest.fixture(scope="module")
+def iris():
+    """iris 1.0.0 deployed (2 replicas); the cluster healthy."""
+    code, result, log = modelswarm("deploy", str(IRIS))
+    assert code == 0, log[-3000:]
+    ha.wait_healthy()
+    return result
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    bumped, broken = root / "iris-1.1.0", root / "iris-1.2.0"
+    for path, version in ((bumped, "1.1.0"), (broken, "1.2.0-broken")):
+        shutil.copytree(IRIS, path)
+        manifest = (path / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
+        (path / "modelswarm.yml").write_text(manifest)
+    code = (broken / "model.py").read_text()
+    (broken / "model.py").write_text(
+        code.replace("def load():\n", 'def load():\n    raise RuntimeError("broken")\n', 1)
+    )
+    return {"1.1.0": bumped, "broken": broken}
+
+
+@pytest.fixture
+def healthy(iris):
+    """Each case starts from a healthy cluster (the previous case restored it)."""
+    ha.wait_healthy(timeout=300)
+
+
+def service_versions(via: str = "node1") -> dict[str, int]:
+    """UpdatedAt and Version.Index of every service: any change to any service moves them."""
+    target = ha.host(via)
+    ids = target.check_output("docker service ls -q").split()
+    return {
+        s["Spec"]["Name"]: s["Version"]["Index"]
+        for s in json.loads(target.check_output("docker service inspect " + " ".join(ids)))
+    }
+
+
+# ------------------------------------------------------------------------------------------- bad input, live
+
+
+def test_rollout_to_an_image_that_does_not_exist_is_refused_and_nothing_changes(iris):
+    """A ledger entry whose image is gone from the registry (e.g. garbage-collected): rollback to it is refused."""
+    base = f"http://{lab_addresses()['node2']}"
+    registry = f"{lab_addresses()['node1']}:5000"
+    gone = {
+        "model": "iris", "from_version": "1.0.0", "to_version": "0.9.0-gone",
+        "image": f"{registry}/models/iris:0.9.0-gone",
+        "image_digest": "sha256:" + "0" * 64, "result": "succeeded", "message": "recorded by the HA test",
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00", "actor": "ha-test",
+    }  # fmt: skip
+    assert requests.post(f"{base}/api/rollouts", json=gone, timeout=10).status_code == 201
+    ledger_before = requests.get(f"{base}/api/rollouts?model=iris", timeout=10).json()
+    before = service_versions()
+    code, _, log = modelswarm("rollback", "iris", "--to", "0.9.0-gone")
+    assert code == 2, log[-2000:]
+    assert "does not exist in the registry: nothing was changed" in log
+    assert log.count("error:") == 1
+    assert service_versions() == before
+    assert requests.get(f"{base}/api/rollouts?model=iris", timeout=10).json() == ledger_before
+
+
+# ---------------------------------------------------------------------------------------------------- faults
+
+
+def test_1_hard_stop_of_a_node_that_is_not_the_raft_leader(healthy):
+    leader = ha.raft_leader("node1")
+    victim = next(n for n in ha.running_on("node1", ha.MODEL_SERVICE) if n != leader)
+    via = next(n for n in ha.NODES if n not in (victim,) and n != leader) if leader != victim else "node2"
+    observer = leader
+    load = start_load(via, seconds=45)
+    time.sleep(5)
+    ha.hard_stop(victim)
+    killed_at = time.monotonic()
+    _, recovered = ha.wait_for(
+        f"{ha.MODEL_SERVICE} back on 2 ready nodes",
+        lambda: len(ha.running_on(observer, ha.MODEL_SERVICE)) == 2,  # running_on counts ready nodes only
+        timeout=120,
+    )
+    result = load.result()
+    # The swarm still accepts changes with one manager down (2 of 3 is a majority).
+    ha.host(observer).check_output(
+        f"docker service update --quiet --label-add io.modelswarm.ha-probe=1 {ha.MODEL_SERVICE}"
+    )
+    labels = json.loads(ha.host(observer).check_output(f"docker service inspect {ha.MODEL_SERVICE}"))[0]["Spec"][
+        "Labels"
+    ]
+    ha.host(observer).check_output(
+        f"docker service update --quiet --label-rm io.modelswarm.ha-probe {ha.MODEL_SERVICE}"
+    )
+    # Bad input while it is down: an unreachable host stops site.yml before anything changes.
+    before = service_versions(observer)
+    converge = run_playbook("playbooks/site.yml", timeout=300)
+    output = converge.stdout + converge.stderr
+    after = service_versions(observer)
+    RESULTS["1 hard-stop a non-leader node"] = {
+        "victim": victim, "via": via, **load_figures(result), "seconds_to_2_replicas": round(recovered, 1),
+    }  # fmt: skip
+    ha.power_on(victim)
+    back = ha.wait_healthy(observer)
+    RESULTS["1 hard-stop a non-leader node"]["seconds_until_healthy_after_power_on"] = round(back, 1)
+    assert result.failed == 0, result.summary()
+    assert labels.get("io.modelswarm.ha-probe") == "1"
+    assert converge.returncode != 0
+    assert f"{victim} did not answer on SSH within 10s" in output, output[-3000:]
+    assert "Nothing was changed." in output and "changed=1" not in output
+    assert after == before
+    assert time.monotonic() - killed_at > 0
+
+
+def test_2_hard_stop_of_the_raft_leader(healthy):
+    victim = ha.raft_leader("node2")
+    survivors = [n for n in ha.NODES if n != victim]
+    via = survivors[0]
+    ledger_before = requests.get(f"http://{lab_addresses()[via]}/api/rollouts?model=iris", timeout=10).json()
+    load = start_load(via, seconds=45)
+    time.sleep(5)
+    ha.hard_stop(victim)
+
+    def elected_leader():
+        leader = ha.raft_leader(survivors[1])
+        return leader if leader not in (None, victim) else None
+
+    new_leader, elected = ha.wait_for("a new raft leader", elected_leader, timeout=60, interval=0.5)
+    _, recovered = ha.wait_for(
+        f"{ha.MODEL_SERVICE} back on 2 ready nodes",
+        lambda: len(ha.running_on(new_leader, ha.MODEL_SERVICE)) == 2,
+        timeout=120,
+    )
+    pinned_while_down = {}
+    if victim == ha.DESIGNATED_LEADER:
+        # The console, PostgreSQL and the registry are pinned to the designated leader: no other node may run them
+        # (their data is in volumes on that host), so they wait, pending, instead of moving.
+        for service in ha.PINNED:
+            states = ha.host(new_leader).check_output(
+                "docker service ps --filter desired-state=running --format '{{.CurrentState}} {{.Error}}' %s", service
+            )
+            pinned_while_down[service] = states.splitlines()[0] if states else ""
+        console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", timeout=10)
+        pinned_while_down["console via NGINX"] = console.status_code
+    result = load.result()
+    ha.power_on(victim)
+    back = ha.wait_healthy(new_leader)
+    ledger_after = requests.get(f"http://{lab_addresses()[via]}/api/rollouts?model=iris", timeout=10).json()
+    RESULTS["2 hard-stop the raft leader"] = {
+        "victim": victim, "new_leader": new_leader, "via": via, **load_figures(result),
+        "seconds_to_new_leader": round(elected, 1), "seconds_to_2_replicas": round(recovered, 1),
+        "seconds_until_healthy_after_power_on": round(back, 1), "pinned_while_down": pinned_while_down,
+    }  # fmt: skip
+    assert new_leader in survivors
+    assert result.failed == 0, result.summary()
+    if victim == ha.DESIGNATED_LEADER:
+        assert all("Pending" in pinned_while_down[s] and "no suitable node" in pinned_while_down[s] for s in ha.PINNED)
+        assert pinned_while_down["console via NGINX"] == 502
+        assert ledger_after == ledger_before  # the ledger (PostgreSQL's volume) came back whole
+
+
+def test_3_roll_out_a_new_version_under_load(healthy, variants):
+    load = start_load("node2", seconds=60)
+    time.sleep(3)
+    started = time.monotonic()
+    code, outcome, log = modelswarm("deploy", str(variants["1.1.0"]))
+    took = time.monotonic() - started
+    result = load.result()
+    RESULTS["3 rollout under load"] = {**load_figures(result), "rollout_seconds": round(took, 1), "exit": code}
+    assert code == 0, log[-3000:]
+    assert outcome["to_version"] == "1.1.0"
+    assert result.failed == 0, result.summary()
+    answer = requests.post(f"http://{lab_addresses()['node3']}/models/iris/predict", json=VIRGINICA, timeout=10)
+    assert answer.json()["version"] == "1.1.0"
+
+
+def test_4_broken_version_under_load_is_rolled_back(healthy, variants):
+    load = start_load("node3", seconds=45)
+    time.sleep(3)
+    started = time.monotonic()
+    code, outcome, log = modelswarm("deploy", str(variants["broken"]))
+    took = time.monotonic() - started
+    result = load.result()
+    RESULTS["4 broken rollout under load"] = {**load_figures(result), "rollback_seconds": round(took, 1), "exit": code}
+    assert code == 3, log[-3000:]  # rolled back automatically
+    assert outcome["result"] == "rolled_back"
+    assert result.failed == 0, result.summary()
+    answer = requests.post(f"http://{lab_addresses()['node1']}/models/iris/predict", json=VIRGINICA, timeout=10)
+    assert answer.json()["version"] == "1.1.0"
+
+
+def test_5_docker_restart_on_one_node_recovers_by_itself(healthy):
+    victim = ha.running_on("node1", ha.MODEL_SERVICE)[-1]
+    via = next(n for n in ha.NODES if n != victim)
+    load = start_load(via, seconds=40)
+    time.sleep(5)
+    ha.host(victim).check_output("systemctl restart docker")
+    back = ha.wait_healthy(via)
+    result = load.result()
+    served = requests.post(f"http://{lab_addresses()[victim]}/models/iris/predict", json=VIRGINICA, timeout=10)
+    RESULTS["5 docker restart on one node"] = {"victim": victim, "via": via, **load_figures(result),
+                                               "seconds_until_healthy": round(back, 1)}  # fmt: skip
+    assert result.failed == 0, result.summary()
+    assert served.status_code == 200  # its NGINX serves again
+
+
+def test_6_losing_two_managers_loses_quorum_and_the_recovery_playbook_restores_three(healthy):
+    replicas = ha.running_on("node1", ha.MODEL_SERVICE)
+    survivor = next((n for n in replicas if n != ha.DESIGNATED_LEADER), replicas[0])
+    lost = [n for n in ha.NODES if n != survivor]
+    load = start_load(survivor, seconds=30, rate=20)
+    time.sleep(3)
+    for node in lost:
+        ha.hard_stop(node)
+    # Quorum is lost: the CLI says so, plainly, and changes nothing.
+    status, _, status_log = modelswarm("status", timeout=120)
+    result = load.result()
+    after_loss = requests.post(f"http://{lab_addresses()[survivor]}/models/iris/predict", json=VIRGINICA, timeout=15)
+    # Recovery: the lost hosts come back with their stale raft state, the playbook forces a new cluster from the
+    # survivor and joins the others to it again.
+    for node in lost:
+        ha.power_on(node)
+    started = time.monotonic()
+    recovery = run_playbook("playbooks/recover-quorum.yml", "-e", f"recover_survivor={survivor}", timeout=900)
+    recovered_in = time.monotonic() - started
+    back = ha.wait_healthy(survivor)
+    RESULTS["6 lose two of three managers"] = {
+        "survivor": survivor, "lost": lost, **load_figures(result), "recovery_playbook_seconds": round(recovered_in, 1),
+        "seconds_until_healthy_after_playbook": round(back, 1),
+    }  # fmt: skip
+    assert status == 1 and "the swarm has lost quorum" in status_log, status_log[-2000:]
+    assert result.failed == 0, result.summary()
+    assert after_loss.status_code == 200
+    assert recovery.returncode == 0, recovery.stdout[-4000:]
+    view = ha.nodes_view(survivor)
+    assert sum(n["leader"] for n in view.values()) == 1
+    assert view[ha.DESIGNATED_LEADER]["labels"].get("modelswarm.leader") == "true"
+    # Re-running the recovery on a healthy swarm forces nothing and makes no one rejoin.
+    again = run_playbook("playbooks/recover-quorum.yml", "-e", f"recover_survivor={survivor}", timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "nothing to force" in again.stdout
+    assert ha.nodes_view(survivor) == view
+
+
+def test_the_model_still_answers_right_after_all_cases():
+    answer = requests.post(f"http://{lab_addresses()['node2']}/models/iris/predict", json=VIRGINICA, timeout=10)
+    assert answer.status_code == 200 and answer.json()["prediction"]["species"] == "virginica"
+    assert inventory()
