@@ -98,6 +98,16 @@ molecule: engine venv ## Molecule scenarios on the lab (create, converge, idempo
 .PHONY: test
 test: engine venv lint unit molecule ## Lint, unit tests and the molecule scenarios.
 
+.PHONY: test-ha
+test-ha: engine venv ## The HA scenario: node loss, leader loss, rollouts and Docker restarts under load, quorum loss.
+	@$(MAKE) --no-print-directory molecule SCENARIOS=ha
+
+.PHONY: bench
+bench: engine venv kit ## Benchmarks on a lab of their own (prints figures, writes .lab/benchmarks.json).
+	@python benchmarks/bench.py all
+	@MODELSWARM_LAB_PREFIX=modelswarm-bench MODELSWARM_LAB_SUBNET=172.30.95.0/24 \
+	 MODELSWARM_LAB_INVENTORY=.lab/bench-inventory/hosts.yml modelswarm lab down >/dev/null
+
 .PHONY: test-el7
 test-el7: engine ## The cluster scenario again with the CentOS 7 lock (ansible-core 2.16, in .venv-el7).
 	@$(MAKE) --no-print-directory molecule VENV=.venv-el7 LOCK=requirements/lock-el7.txt SCENARIOS=legacy-core

@@ -1,0 +1,241 @@
+"""Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
+
+    .venv/bin/python benchmarks/bench.py all          # or: converge | hop | replicas | heartbeat | rollout
+
+The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
+Figures are printed as they come and written to .lab/benchmarks.json with the date and the machine. Load comes
+from `hey` through modelswarm.load, to lab addresses only.
+
+- converge:  cold converge of site.yml on a fresh lab (lab down + up first), then the no-op re-run.
+- hop:       NGINX's overhead: p50/p99 through NGINX against the replica on the same node called directly (a
+             host-mode port published for the measurement, removed after).
+- replicas:  predictions per second at full speed with 1 and with 2 replicas.
+- heartbeat: seconds from a hard-stopped replica node to 2 running replicas again, with the default dispatcher
+             heartbeat (5 s) and a tuned one (1 s).
+- rollout:   duration of a version bump (code-only change) and of a no-op deploy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MODELSWARM_LAB_PREFIX", "modelswarm-bench")
+os.environ.setdefault("MODELSWARM_LAB_SUBNET", "172.30.95.0/24")
+# The bench lab's inventory: its own directory, with the lab's group_vars linked in (as molecule does).
+BENCH_INVENTORY = REPO / ".lab" / "bench-inventory"
+os.environ.setdefault("MODELSWARM_LAB_INVENTORY", str(BENCH_INVENTORY / "hosts.yml"))
+os.environ.setdefault("MODELSWARM_RUNTIME_IMAGE", "modelswarm/python-runtime:3.11-bookworm")
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+
+from modelswarm import cluster  # noqa: E402
+from modelswarm.lab import LabSettings  # noqa: E402
+from modelswarm.load import LoadPlan, run  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SETTINGS = LabSettings.from_env()
+INVENTORY = str(SETTINGS.inventory_file.parent)
+BODY = json.dumps({"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3})
+FIGURES: dict[str, dict] = {}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def record(name: str, **figures) -> None:
+    FIGURES[name] = figures
+    say(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def tool(name: str, *args: str, check: bool = True, **env) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / name), *args], cwd=REPO, capture_output=True, text=True, env={**os.environ, **env}, check=False
+    )
+    took = time.monotonic() - started
+    if check and result.returncode != 0:
+        raise SystemExit(f"{name} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return took, result
+
+
+def address(node: str) -> str:
+    return SETTINGS.address(node)
+
+
+def on_node(node: str, command: str) -> str:
+    """A shell command on a lab host (its container), through the build host's Docker."""
+    container = docker.from_env().containers.get(SETTINGS.container_name(node))
+    code, output = container.exec_run(["sh", "-c", command])
+    if code != 0:
+        raise SystemExit(f"{node}: {command}: {output.decode()[-2000:]}")
+    return output.decode()
+
+
+def replica_nodes() -> list[str]:
+    inventory = cluster.read_inventory(INVENTORY)
+    with cluster.manager(inventory) as client:
+        nodes = {
+            n.id: n.attrs["Description"]["Hostname"]
+            for n in client.nodes.list()
+            if n.attrs["Status"]["State"] == "ready"
+        }
+        service = client.services.get("model-iris")
+        tasks = service.tasks(filters={"desired-state": "running"})
+        return sorted(nodes[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running" and t["NodeID"] in nodes)
+
+
+def deploy(bundle: Path) -> tuple[float, subprocess.CompletedProcess]:
+    return tool("modelswarm", "deploy", str(bundle), "-i", INVENTORY, "--json", MODELSWARM_ACTOR="benchmark")
+
+
+def load(url: str, requests: int, concurrency: int, rate_per_worker: float = 0.0):
+    return run(
+        LoadPlan(url=url, body=BODY, requests=requests, concurrency=concurrency, rate_per_worker=rate_per_worker)
+    )
+
+
+# --------------------------------------------------------------------------------------------------- benchmarks
+
+
+def bench_converge() -> None:
+    say("converge: fresh lab, cold site.yml, then the no-op re-run")
+    BENCH_INVENTORY.mkdir(parents=True, exist_ok=True)
+    if not (BENCH_INVENTORY / "group_vars").exists():
+        (BENCH_INVENTORY / "group_vars").symlink_to(REPO / "inventory" / "lab" / "group_vars")
+    tool("modelswarm", "lab", "down")
+    up, _ = tool("modelswarm", "lab", "up")
+    cold, _ = tool("ansible-playbook", "-i", INVENTORY, "playbooks/site.yml")
+    again, result = tool("ansible-playbook", "-i", INVENTORY, "playbooks/site.yml")
+    changed = [line for line in result.stdout.splitlines() if "changed=" in line and "changed=0" not in line]
+    record("converge", lab_up_s=round(up, 1), cold_site_s=round(cold, 1), noop_rerun_s=round(again, 1),
+           rerun_hosts_with_changes=len(changed))  # fmt: skip
+    took, _ = deploy(REPO / "examples" / "models" / "iris")
+    record("first deploy of iris", seconds=round(took, 1))
+
+
+def bench_hop() -> None:
+    say("hop: through NGINX vs the replica on the same node, directly (host port 18000, published for this)")
+    tool("modelswarm", "status", "-i", INVENTORY)
+    on_node("node1", "docker service update --quiet --publish-add mode=host,target=8000,published=18000 model-iris")
+    try:
+        node = replica_nodes()[0]
+        for _ in range(3):  # warm up both paths
+            load(f"http://{address(node)}/models/iris/predict", 200, 4)
+            load(f"http://{address(node)}:18000/predict", 200, 4)
+        # A steady, unsaturated rate: latency, not throughput, is compared.
+        via = load(f"http://{address(node)}/models/iris/predict", 2000, 4, rate_per_worker=25)
+        direct = load(f"http://{address(node)}:18000/predict", 2000, 4, rate_per_worker=25)
+        record("nginx hop", node=node, via_nginx_p50_ms=round(via.p50_ms, 2), via_nginx_p99_ms=round(via.p99_ms, 2),
+               direct_p50_ms=round(direct.p50_ms, 2), direct_p99_ms=round(direct.p99_ms, 2),
+               overhead_p50_ms=round(via.p50_ms - direct.p50_ms, 2),
+               overhead_p99_ms=round(via.p99_ms - direct.p99_ms, 2), failed=via.failed + direct.failed)  # fmt: skip
+    finally:
+        on_node("node1", "docker service update --quiet --publish-rm published=18000 model-iris")
+
+
+def bench_replicas() -> None:
+    say("replicas: full-speed predictions through NGINX with 1 and 2 replicas")
+    figures = {}
+    try:
+        for count in (1, 2):
+            on_node("node1", f"docker service scale --detach=false model-iris={count} >/dev/null")
+            time.sleep(3)
+            load(f"http://{address('node2')}/models/iris/predict", 500, 8)  # warm up
+            result = load(f"http://{address('node2')}/models/iris/predict", 6000, 16)
+            figures[f"replicas_{count}_rps"] = round(result.requests_per_second, 1)
+            figures[f"replicas_{count}_p99_ms"] = round(result.p99_ms, 1)
+            figures[f"replicas_{count}_failed"] = result.failed
+    finally:
+        on_node("node1", "docker service scale --detach=false model-iris=2 >/dev/null")
+    record("throughput", **figures)
+
+
+def node_loss_recovery(heartbeat: str) -> float:
+    on_node("node1", f"docker swarm update --dispatcher-heartbeat {heartbeat} >/dev/null")
+    victim = next(n for n in replica_nodes() if n != "node1")
+    container = docker.from_env().containers.get(SETTINGS.container_name(victim))
+    container.kill()
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 300:
+            if len(replica_nodes()) == 2:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise SystemExit(f"no second replica within 300 s of stopping {victim}")
+    finally:
+        container.start()
+        for _ in range(120):  # bounded: the node rejoins in about 10 s
+            if victim in on_node(
+                "node1", "docker node ls --filter role=manager --format '{{.Hostname}} {{.Status}}'"
+            ) and (f"{victim} Ready" in on_node("node1", "docker node ls --format '{{.Hostname}} {{.Status}}'")):
+                break
+            time.sleep(1)
+
+
+def bench_heartbeat() -> None:
+    say("heartbeat: node loss to 2 running replicas, default (5s) vs tuned (1s) dispatcher heartbeat")
+    figures = {}
+    try:
+        for heartbeat in ("5s", "1s"):
+            figures[f"heartbeat_{heartbeat}_recovery_s"] = round(node_loss_recovery(heartbeat), 1)
+            time.sleep(10)
+    finally:
+        on_node("node1", "docker swarm update --dispatcher-heartbeat 5s >/dev/null")
+    record("node loss recovery", **figures)
+
+
+def bench_rollout() -> None:
+    say("rollout: a version bump (code-only change) and a no-op deploy")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "iris"
+        shutil.copytree(REPO / "examples" / "models" / "iris", bundle)
+        version = f"1.0.{int(time.time())}"
+        manifest = (bundle / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
+        (bundle / "modelswarm.yml").write_text(manifest)
+        (bundle / "model.py").write_text((bundle / "model.py").read_text() + "\n# benchmark bump\n")
+        bump, _ = deploy(bundle)
+        noop, _ = deploy(bundle)
+    record("rollout", version_bump_s=round(bump, 1), noop_deploy_s=round(noop, 1))
+
+
+BENCHES = {"converge": bench_converge, "hop": bench_hop, "replicas": bench_replicas,
+           "heartbeat": bench_heartbeat, "rollout": bench_rollout}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="+", choices=[*BENCHES, "all"])
+    args = parser.parse_args()
+    names = list(BENCHES) if "all" in args.which else args.which
+    if "converge" not in names and not SETTINGS.inventory_file.exists():
+        raise SystemExit(f"no bench lab ({SETTINGS.inventory_file}): run `bench.py converge` first")
+    started = datetime.now(UTC)
+    for name in names:
+        BENCHES[name]()
+    memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    machine = {"cpus": os.cpu_count(), "memory_gb": memory_gb, "kernel": platform.release(),
+               "python": platform.python_version()}  # fmt: skip
+    path = SETTINGS.state_dir / "benchmarks.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous.update({"date": started.isoformat(timespec="seconds"), "machine": machine, **FIGURES})
+    path.write_text(json.dumps(previous, indent=2) + "\n")
+    say(f"figures written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
