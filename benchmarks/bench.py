@@ -143,7 +143,7 @@ def bench_hop() -> None:
                overhead_p50_ms=round(via.p50_ms - direct.p50_ms, 2),
                overhead_p99_ms=round(via.p99_ms - direct.p99_ms, 2), failed=via.failed + direct.failed)  # fmt: skip
     finally:
-        on_node("node1", "docker service update --quiet --publish-rm published=18000 model-iris")
+        on_node("node1", "docker service update --quiet --publish-rm mode=host,target=8000,published=18000 model-iris")
 
 
 def bench_replicas() -> None:

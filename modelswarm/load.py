@@ -22,6 +22,7 @@ import ipaddress
 import math
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
@@ -186,13 +187,23 @@ class LoadRun:
             raise LoadError("hey is not installed: apt-get install hey (scripts/engine-bootstrap.sh installs it)")
         self._command = plan.command(hey)
         self._process: subprocess.Popen | None = None
+        self._output: dict[str, str] = {}
+        self._readers: list[threading.Thread] = []
         self.started_at = 0.0
+        self._ended_at: float | None = None
 
     def start(self) -> LoadRun:
         self.started_at = time.monotonic()
         self._process = subprocess.Popen(
             self._command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        # Drain hey's output as it comes: its CSV outgrows a pipe's buffer, and a blocked hey would not exit.
+        for name, stream in (("stdout", self._process.stdout), ("stderr", self._process.stderr)):
+            reader = threading.Thread(
+                target=lambda n=name, f=stream: self._output.__setitem__(n, f.read()), daemon=True
+            )
+            reader.start()
+            self._readers.append(reader)
         return self
 
     def offset(self) -> float:
@@ -204,12 +215,16 @@ class LoadRun:
         assert self._process is not None, "start() first"
         limit = (self.plan.expected_seconds or 600.0) + self.plan.timeout + grace
         try:
-            stdout, stderr = self._process.communicate(timeout=max(0.0, limit - self.offset()))
+            self._process.wait(timeout=max(0.0, limit - self.offset()))
         except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.communicate()
+            self._process.wait()
             raise LoadError(f"hey did not finish within {limit:.0f}s; stopped it") from None
-        seconds = self.offset()
+        for reader in self._readers:
+            reader.join(timeout=30)
+        stdout, stderr = self._output.get("stdout", ""), self._output.get("stderr", "")
+        # The run's length is until hey ended, not until the caller asked for the result.
+        seconds = (self._ended_at or time.monotonic()) - self.started_at
         if self._process.returncode != 0:
             raise LoadError(f"hey failed (exit {self._process.returncode}): {stderr.strip()[-500:]}")
         return parse(self.plan, stdout, seconds)

@@ -110,3 +110,19 @@ def wait_healthy(via: str = DESIGNATED_LEADER, timeout: float = 240) -> float:
         timeout,
     )
     return time.monotonic() - started
+
+
+def pinned_states(via: str) -> dict[str, str]:
+    """The state of each pinned service's task that should be running, e.g. 'Pending 3 seconds ago no suitable node'."""
+    found = {}
+    for service in PINNED:
+        states = host(via).check_output(
+            "docker service ps --filter desired-state=running --format '{{.CurrentState}} {{.Error}}' %s", service
+        )
+        found[service] = states.splitlines()[0] if states else ""
+    return found
+
+
+def pinned_pending(via: str) -> dict[str, str] | None:
+    found = pinned_states(via)
+    return found if all(state.startswith("Pending") for state in found.values()) else None

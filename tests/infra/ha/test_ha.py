@@ -203,11 +203,7 @@ def test_2_hard_stop_of_the_raft_leader(healthy):
     if victim == ha.DESIGNATED_LEADER:
         # The console, PostgreSQL and the registry are pinned to the designated leader: no other node may run them
         # (their data is in volumes on that host), so they wait, pending, instead of moving.
-        for service in ha.PINNED:
-            states = ha.host(new_leader).check_output(
-                "docker service ps --filter desired-state=running --format '{{.CurrentState}} {{.Error}}' %s", service
-            )
-            pinned_while_down[service] = states.splitlines()[0] if states else ""
+        pinned_while_down, _ = ha.wait_for("the pinned services pending", lambda: ha.pinned_pending(new_leader), 120)
         console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", timeout=10)
         pinned_while_down["console via NGINX"] = console.status_code
     result = load.result()
@@ -239,16 +235,7 @@ def test_2b_designated_leader_down_pinned_services_wait_for_it_and_return_with_t
     time.sleep(5)
     ha.hard_stop(victim)
 
-    def pinned_pending():
-        found = {}
-        for service in ha.PINNED:
-            states = ha.host(observer).check_output(
-                "docker service ps --filter desired-state=running --format '{{.CurrentState}} {{.Error}}' %s", service
-            )
-            found[service] = states.splitlines()[0] if states else ""
-        return found if all("Pending" in v for v in found.values()) else None
-
-    pinned, seconds = ha.wait_for("the pinned services pending", pinned_pending, timeout=120)
+    pinned, seconds = ha.wait_for("the pinned services pending", lambda: ha.pinned_pending(observer), timeout=120)
     console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", timeout=10)
     result = load.result()
     ha.power_on(victim)
