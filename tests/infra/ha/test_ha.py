@@ -97,7 +97,7 @@ def healthy(iris):
 
 
 def service_versions(via: str = "node1") -> dict[str, int]:
-    """UpdatedAt and Version.Index of every service: any change to any service moves them."""
+    """Version.Index of every service: any change to any service moves it."""
     target = ha.host(via)
     ids = target.check_output("docker service ls -q").split()
     return {
@@ -136,12 +136,11 @@ def test_rollout_to_an_image_that_does_not_exist_is_refused_and_nothing_changes(
 def test_1_hard_stop_of_a_node_that_is_not_the_raft_leader(healthy):
     leader = ha.raft_leader("node1")
     victim = next(n for n in ha.running_on("node1", ha.MODEL_SERVICE) if n != leader)
-    via = next(n for n in ha.NODES if n not in (victim,) and n != leader) if leader != victim else "node2"
+    via = next(n for n in ha.NODES if n not in (victim, leader))  # load through the third node's NGINX
     observer = leader
     load = start_load(via, seconds=45)
     time.sleep(5)
     ha.hard_stop(victim)
-    killed_at = time.monotonic()
 
     def two_replicas_without_the_victim():
         nodes = ha.running_on(observer, ha.MODEL_SERVICE)  # counts nodes the swarm still sees as ready
@@ -176,7 +175,6 @@ def test_1_hard_stop_of_a_node_that_is_not_the_raft_leader(healthy):
     assert f"{victim} did not answer on SSH within 10s" in output, output[-3000:]
     assert "Nothing was changed." in output and "changed=1" not in output
     assert after == before
-    assert time.monotonic() - killed_at > 0
 
 
 def test_2_hard_stop_of_the_raft_leader(healthy):
