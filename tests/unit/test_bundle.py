@@ -112,3 +112,25 @@ def test_pip_mirror_is_set_only_when_given(iris):
         "PIP_INDEX_URL=https://mirror.example/simple"
         in modelimage.context_files(loaded, "r:1", "https://mirror.example/simple")["Dockerfile"]
     )
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda p: edit(p / "model.py", "def predict(data):", "def guess(data):"), "no top-level function predict"),
+        (lambda p: edit(p / "modelswarm.yml", "name: iris", "name: Iris_Model"), "name 'Iris_Model'"),
+        (lambda p: (p / "requirements.txt").unlink(), "requirements.txt is missing"),
+    ],
+)
+@pytest.mark.parametrize("command", ["build", "deploy"])
+def test_cli_refuses_a_bad_bundle_before_it_reads_the_inventory(iris, tmp_path, capsys, breakage, message, command):
+    """Exit 2 with the bundle's problem, from a bundle check that runs before anything else: the inventory given
+    does not even exist, so no host can have been contacted and nothing can have changed."""
+    from modelswarm import cli
+
+    breakage(iris)
+    code = cli.main([command, str(iris), "-i", str(tmp_path / "no-such-inventory")])
+    output = capsys.readouterr()
+    assert code == 2
+    assert message in output.err
+    assert "inventory" not in output.err and output.out == ""
