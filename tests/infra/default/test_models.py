@@ -7,6 +7,7 @@ the ledger holds every one of these rollouts.
 
 import json
 import shutil
+import warnings
 
 import pytest
 import requests
@@ -18,6 +19,15 @@ testinfra_hosts = ["ansible://node1"]
 IRIS = REPO / "examples" / "models" / "iris"
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+# Evidence for the ledger-order anomaly (README "Known issues"): what each CLI call said about its ledger write.
+LEDGER_EVIDENCE: list[dict] = []
+
+
+def remember(step: str, result: dict, log: str) -> None:
+    LEDGER_EVIDENCE.append(
+        {"step": step, "ledger_id": result.get("ledger_id"), "started_at": result.get("started_at"),
+         "warnings": [line for line in log.splitlines() if "warning" in line.lower()]}
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,7 @@ def predict(node, data):
 
 def test_first_deploy_runs_two_replicas_on_two_nodes(host):
     code, result, log = modelswarm("deploy", str(IRIS))
+    remember("first deploy", result, log)
     assert code == 0, log[-3000:]
     assert result["result"] == "succeeded" and result["ledger_id"]
     running = replicas(host)
@@ -89,6 +100,7 @@ def test_bad_requests_get_clear_errors():
 
 def test_same_bundle_again_is_a_no_op():
     code, result, log = modelswarm("deploy", str(IRIS))
+    remember("no-op deploy", result, log)
     assert code == 0, log[-2000:]
     assert result["result"] == "no_op"
     assert "nothing to build" in log
@@ -96,6 +108,7 @@ def test_same_bundle_again_is_a_no_op():
 
 def test_new_version_rolls_out_to_both_replicas(host, variants):
     code, result, log = modelswarm("deploy", str(variants["1.1.0"]))
+    remember("1.1.0", result, log)
     assert code == 0, log[-3000:]
     assert (result["from_version"], result["to_version"], result["result"]) == ("1.0.0", "1.1.0", "succeeded")
     assert [v for _, v in replicas(host)] == ["1.1.0", "1.1.0"]
@@ -103,6 +116,7 @@ def test_new_version_rolls_out_to_both_replicas(host, variants):
 
 def test_broken_version_is_rolled_back_and_the_old_one_keeps_answering(host, variants):
     code, result, log = modelswarm("deploy", str(variants["broken"]))
+    remember("broken", result, log)
     assert code == 3, log[-3000:]  # 3: rolled back automatically
     assert result["result"] == "rolled_back"
     assert [v for _, v in replicas(host)] == ["1.1.0", "1.1.0"]
@@ -112,6 +126,7 @@ def test_broken_version_is_rolled_back_and_the_old_one_keeps_answering(host, var
 
 def test_rollback_to_a_recorded_version(host):
     code, result, log = modelswarm("rollback", "iris", "--to", "1.0.0")
+    remember("rollback --to 1.0.0", result, log)
     assert code == 0, log[-3000:]
     assert (result["from_version"], result["to_version"]) == ("1.1.0", "1.0.0")
     assert [v for _, v in replicas(host)] == ["1.0.0", "1.0.0"]
@@ -137,6 +152,12 @@ def test_the_ledger_holds_every_rollout():
         ]
     )
     assert all(e["image_digest"].startswith("sha256:") for e in entries)
+    in_id_order = [(e["to_version"], e["result"]) for e in sorted(entries, key=lambda e: e["id"])]
+    expected = [("1.0.0", "succeeded"), ("1.0.0", "no_op"), ("1.1.0", "succeeded"), ("1.2.0-broken", "rolled_back"),
+                ("1.0.0", "succeeded")]  # fmt: skip
+    if in_id_order != expected:  # reported, not failed, until the cause is known
+        stored = [{k: e[k] for k in ("id", "to_version", "result", "started_at", "finished_at")} for e in entries]
+        warnings.warn(f"ledger order differs: stored {stored}; the CLI calls said {LEDGER_EVIDENCE}", stacklevel=1)
 
 
 def test_status_shows_the_model(host):
