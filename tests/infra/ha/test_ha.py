@@ -23,7 +23,7 @@ from modelswarm.load import LoadPlan, LoadRun, allowed_target
 from tests.infra.ha import helpers as ha
 from tests.infra.helpers import REPO, inventory, lab_addresses, modelswarm, run_playbook
 
-testinfra_hosts = ["ansible://node1"]
+# Hosts come from helpers.host(); no test takes testinfra's `host` fixture, so pytest keeps the written order.
 IRIS = REPO / "examples" / "models" / "iris"
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 RESULTS: dict[str, dict] = {}
