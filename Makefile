@@ -105,8 +105,7 @@ test-ha: engine venv ## The HA scenario: node loss, leader loss, rollouts and Do
 .PHONY: bench
 bench: engine venv kit ## Benchmarks on a lab of their own (prints figures, writes .lab/benchmarks.json).
 	@python benchmarks/bench.py all
-	@MODELSWARM_LAB_PREFIX=modelswarm-bench MODELSWARM_LAB_SUBNET=172.30.95.0/24 \
-	 MODELSWARM_LAB_INVENTORY=.lab/bench-inventory/hosts.yml modelswarm lab down >/dev/null
+	@python benchmarks/bench.py down
 
 .PHONY: test-el7
 test-el7: engine ## The cluster scenario again with the CentOS 7 lock (ansible-core 2.16, in .venv-el7).

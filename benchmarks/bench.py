@@ -1,6 +1,7 @@
 """Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
 
     .venv/bin/python benchmarks/bench.py all          # or: converge | hop | replicas | heartbeat | rollout
+    .venv/bin/python benchmarks/bench.py down         # remove the bench lab
 
 The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
 Figures are printed as they come and written to .lab/benchmarks.json with the date and the machine. Load comes
@@ -213,14 +214,22 @@ def bench_rollout() -> None:
     record("rollout", version_bump_s=round(bump, 1), noop_deploy_s=round(noop, 1))
 
 
+def bench_down() -> None:
+    """Remove the bench lab (not a benchmark: `make bench` ends with it)."""
+    tool("modelswarm", "lab", "down")
+
+
 BENCHES = {"converge": bench_converge, "hop": bench_hop, "replicas": bench_replicas,
            "heartbeat": bench_heartbeat, "rollout": bench_rollout}  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="+", choices=[*BENCHES, "all"])
+    parser.add_argument("which", nargs="+", choices=[*BENCHES, "all", "down"])
     args = parser.parse_args()
+    if args.which == ["down"]:
+        bench_down()
+        return 0
     names = list(BENCHES) if "all" in args.which else args.which
     if "converge" not in names and not SETTINGS.inventory_file.exists():
         raise SystemExit(f"no bench lab ({SETTINGS.inventory_file}): run `bench.py converge` first")

@@ -16,6 +16,7 @@ import docker.errors
 from modelswarm import lab
 from modelswarm.build import BuildError
 from modelswarm.console import err, out, progress
+from modelswarm.modelimage import DEFAULT_RUNTIME
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -84,8 +85,6 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- model lifecycle
-
-DEFAULT_RUNTIME = "python:3.11-slim-bookworm"
 
 
 def _settings(args: argparse.Namespace):

@@ -7,16 +7,20 @@ Tags are immutable: <registry>/models/<name>:<version>. Pushing a version whose 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
 import docker
 import docker.errors
 
+from modelswarm import cluster
 from modelswarm.build import build_image, render
 from modelswarm.bundle import Bundle
 from modelswarm.console import progress
 
+# The Python base of model images unless MODELSWARM_RUNTIME_IMAGE / --runtime-image says otherwise.
+DEFAULT_RUNTIME = "python:3.11-slim-bookworm"
 GUNICORN_VERSION = "23.0.0"
 DEFAULT_WORKERS = 2
 
@@ -147,14 +151,10 @@ def ensure_in_registry(client: docker.DockerClient, reference: str) -> None:
         raise ImageError(f"cannot ask the registry about {wanted}: {exc}") from exc
 
 
-def stage(inventory, reference: str) -> dict[str, str]:
+def stage(inventory: cluster.Inventory, reference: str) -> dict[str, str]:
     """Pull `reference` on every manager, in parallel, so that a replica rescheduled after a node loss starts from
     the local copy even while the registry (on the designated leader) is down. Returns node -> outcome; a node that
     cannot be reached is reported and skipped (it pulls when it next runs a replica)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from modelswarm import cluster
-
     wanted = _by_digest(reference)
     repository_name, digest = wanted.split("@", 1)
 

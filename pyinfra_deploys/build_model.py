@@ -11,11 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyinfra import host
 
+from modelswarm.modelimage import DEFAULT_RUNTIME
 from pyinfra_deploys.swarm_model import model_image
 
 if "leader" in host.groups:
     model_image(
         name=f"Build and push the image of {host.data.bundle}",
         bundle_path=host.data.bundle,
-        runtime_image=os.environ.get("MODELSWARM_RUNTIME_IMAGE", "python:3.11-slim-bookworm"),
+        runtime_image=os.environ.get("MODELSWARM_RUNTIME_IMAGE", DEFAULT_RUNTIME),
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,21 @@ def secrets_dir() -> Path:
 
 
 LAB_RUNTIME_IMAGE = "modelswarm/python-runtime:3.11-bookworm"
+IRIS = REPO / "examples" / "models" / "iris"
+
+
+def iris_variant(root: Path, version: str, broken: bool = False) -> Path:
+    """A copy of the iris bundle at `version`; broken: its load() raises, so it never becomes healthy."""
+    path = root / f"iris-{version}"
+    shutil.copytree(IRIS, path)
+    manifest = (path / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
+    (path / "modelswarm.yml").write_text(manifest)
+    if broken:
+        code = (path / "model.py").read_text()
+        (path / "model.py").write_text(
+            code.replace("def load():\n", 'def load():\n    raise RuntimeError("deliberately broken")\n', 1)
+        )
+    return path
 
 
 def modelswarm(*args: str, timeout: int = 900) -> tuple[int, dict, str]:

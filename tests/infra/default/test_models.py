@@ -6,22 +6,28 @@ the ledger holds every one of these rollouts.
 """
 
 import json
-import shutil
 
 import pytest
 import requests
 import testinfra
 
-from tests.infra.helpers import LAB_RUNTIME_IMAGE, REPO, inventory, lab_addresses, modelswarm, run_tool
+from tests.infra.helpers import (
+    IRIS,
+    LAB_RUNTIME_IMAGE,
+    REPO,
+    inventory,
+    iris_variant,
+    lab_addresses,
+    modelswarm,
+    run_tool,
+)
 
 # No test here takes testinfra's `host` fixture: pytest groups the tests that use a module-scoped parametrized
 # fixture together, which would run this story out of its written order (it did: the no-op deploy ran last).
-IRIS = REPO / "examples" / "models" / "iris"
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 # No test here takes testinfra's `host` fixture: pytest groups the tests that use a module-scoped parametrized
 # fixture together, which would run this story out of its written order (it did: the no-op deploy ran last).
-IRIS = REPO / "examples" / "models" / "iris"
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 # Evidence for the ledger-order anomaly (README "Known issues"): what each CLI call said about its ledger write.
@@ -39,17 +45,7 @@ def remember(step: str, result: dict, log: str) -> None:
 def variants(tmp_path_factory):
     """iris 1.1.0 (a version bump) and 1.2.0-broken (load() raises: never healthy)."""
     root = tmp_path_factory.mktemp("bundles")
-    bumped, broken = root / "iris-1.1.0", root / "iris-1.2.0"
-    shutil.copytree(IRIS, bumped)
-    shutil.copytree(IRIS, broken)
-    for path, version in ((bumped, "1.1.0"), (broken, "1.2.0-broken")):
-        manifest = (path / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
-        (path / "modelswarm.yml").write_text(manifest)
-    code = (broken / "model.py").read_text()
-    (broken / "model.py").write_text(
-        code.replace("def load():\n", 'def load():\n    raise RuntimeError("deliberately broken")\n', 1)
-    )
-    return {"1.1.0": bumped, "broken": broken}
+    return {"1.1.0": iris_variant(root, "1.1.0"), "broken": iris_variant(root, "1.2.0-broken", broken=True)}
 
 
 def replicas():

@@ -12,7 +12,6 @@ not exist - each refused with one clear message, and nothing changed.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
@@ -21,10 +20,9 @@ import requests
 from modelswarm.lab import LabSettings
 from modelswarm.load import LoadPlan, LoadRun, allowed_target
 from tests.infra.ha import helpers as ha
-from tests.infra.helpers import REPO, inventory, lab_addresses, modelswarm, run_playbook
+from tests.infra.helpers import IRIS, iris_variant, lab_addresses, modelswarm, run_playbook
 
 # Hosts come from helpers.host(); no test takes testinfra's `host` fixture, so pytest keeps the written order.
-IRIS = REPO / "examples" / "models" / "iris"
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 RESULTS: dict[str, dict] = {}
 
@@ -41,6 +39,16 @@ def start_load(via: str, seconds: int, rate: int = 40, concurrency: int = 4) -> 
     )
     allowed_target(plan.url, [LabSettings.from_env().subnet])
     return LoadRun(plan).start()
+
+
+def deploy_under_load(via: str, seconds: int, bundle):
+    """`modelswarm deploy bundle` while predictions flow through `via`: (exit, outcome, log, seconds, load)."""
+    load = start_load(via, seconds=seconds)
+    time.sleep(3)
+    started = time.monotonic()
+    code, outcome, log = modelswarm("deploy", str(bundle))
+    took = time.monotonic() - started
+    return code, outcome, log, took, load.result()
 
 
 def load_figures(result) -> dict:
@@ -78,16 +86,7 @@ def iris():
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
-    bumped, broken = root / "iris-1.1.0", root / "iris-1.2.0"
-    for path, version in ((bumped, "1.1.0"), (broken, "1.2.0-broken-ha")):
-        shutil.copytree(IRIS, path)
-        manifest = (path / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
-        (path / "modelswarm.yml").write_text(manifest)
-    code = (broken / "model.py").read_text()
-    (broken / "model.py").write_text(
-        code.replace("def load():\n", 'def load():\n    raise RuntimeError("broken")\n', 1)
-    )
-    return {"1.1.0": bumped, "broken": broken}
+    return {"1.1.0": iris_variant(root, "1.1.0"), "broken": iris_variant(root, "1.2.0-broken-ha", broken=True)}
 
 
 @pytest.fixture
@@ -250,12 +249,7 @@ def test_2b_designated_leader_down_pinned_services_wait_for_it_and_return_with_t
 
 
 def test_3_roll_out_a_new_version_under_load(healthy, variants):
-    load = start_load("node2", seconds=60)
-    time.sleep(3)
-    started = time.monotonic()
-    code, outcome, log = modelswarm("deploy", str(variants["1.1.0"]))
-    took = time.monotonic() - started
-    result = load.result()
+    code, outcome, log, took, result = deploy_under_load("node2", 60, variants["1.1.0"])
     RESULTS["3 rollout under load"] = {**load_figures(result), "rollout_seconds": round(took, 1), "exit": code}
     assert code == 0, log[-3000:]
     assert outcome["to_version"] == "1.1.0"
@@ -265,12 +259,7 @@ def test_3_roll_out_a_new_version_under_load(healthy, variants):
 
 
 def test_4_broken_version_under_load_is_rolled_back(healthy, variants):
-    load = start_load("node3", seconds=45)
-    time.sleep(3)
-    started = time.monotonic()
-    code, outcome, log = modelswarm("deploy", str(variants["broken"]))
-    took = time.monotonic() - started
-    result = load.result()
+    code, outcome, log, took, result = deploy_under_load("node3", 45, variants["broken"])
     RESULTS["4 broken rollout under load"] = {**load_figures(result), "rollback_seconds": round(took, 1), "exit": code}
     assert code == 3, log[-3000:]  # rolled back automatically
     assert outcome["result"] == "rolled_back"
@@ -335,4 +324,3 @@ def test_6_losing_two_managers_loses_quorum_and_the_recovery_playbook_restores_t
 def test_the_model_still_answers_right_after_all_cases():
     answer = requests.post(f"http://{lab_addresses()['node2']}/models/iris/predict", json=VIRGINICA, timeout=10)
     assert answer.status_code == 200 and answer.json()["prediction"]["species"] == "virginica"
-    assert inventory()
