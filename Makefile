@@ -12,8 +12,6 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 SCENARIOS ?= default
-# The lab's model runtime comes from the image kit (no registry to pull python:3.11-slim from).
-LAB_RUNTIME_IMAGE := modelswarm/python-runtime:3.11-bookworm
 
 .PHONY: help
 help: ## List the targets.
@@ -40,6 +38,10 @@ venv: $(VENV)/.installed ## Create the virtualenv with the pinned toolchain (CLI
 lock: ## Re-resolve requirements/toolchain.in into requirements/lock.txt and lock-el7.txt.
 	@bash scripts/lock.sh
 
+.PHONY: contract
+contract: venv ## Regenerate playbooks/group_vars/all/contract.yml from modelswarm/contract.py.
+	@python -m modelswarm.contract --write
+
 # ------------------------------------------------------------------------------------------------------- the lab
 .PHONY: lab-up lab-down lab-status
 lab-up: venv ## Bring up the three lab hosts (idempotent).
@@ -61,7 +63,7 @@ demo: engine venv lab-up kit ## Bring up the lab, build the swarm, deploy the pl
 	@ansible -i inventory/lab all -m ansible.builtin.ping -o
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker node ls" | tail -n +2
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker service ls" | tail -n +2
-	@MODELSWARM_RUNTIME_IMAGE=$(LAB_RUNTIME_IMAGE) modelswarm deploy examples/models/iris -i inventory/lab
+	@modelswarm deploy examples/models/iris -i inventory/lab
 	@modelswarm status -i inventory/lab
 	@addresses=$$(modelswarm lab status --json | python3 -c 'import json,sys; print(" ".join(n["address"] for n in json.load(sys.stdin)["nodes"].values()))'); \
 	 set -- $$addresses; \

@@ -36,14 +36,14 @@ os.environ.setdefault("MODELSWARM_LAB_SUBNET", "172.30.95.0/24")
 # The bench lab's inventory: its own directory, with the lab's group_vars linked in (as molecule does).
 BENCH_INVENTORY = REPO / ".lab" / "bench-inventory"
 os.environ.setdefault("MODELSWARM_LAB_INVENTORY", str(BENCH_INVENTORY / "hosts.yml"))
-os.environ.setdefault("MODELSWARM_RUNTIME_IMAGE", "modelswarm/python-runtime:3.11-bookworm")
 sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
 from modelswarm import cluster  # noqa: E402
 from modelswarm.lab import LabSettings  # noqa: E402
-from modelswarm.load import LoadPlan, run  # noqa: E402
+from modelswarm.tooling import recap  # noqa: E402
+from modelswarm.tooling.loadgen import LoadPlan, run  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SETTINGS = LabSettings.from_env()
@@ -120,7 +120,7 @@ def bench_converge() -> None:
     up, _ = tool("modelswarm", "lab", "up")
     cold, _ = tool("ansible-playbook", "-i", INVENTORY, "playbooks/site.yml")
     again, result = tool("ansible-playbook", "-i", INVENTORY, "playbooks/site.yml")
-    changed = [line for line in result.stdout.splitlines() if "changed=" in line and "changed=0" not in line]
+    changed = recap.changed_hosts(result.stdout)
     record("converge", lab_up_s=round(up, 1), cold_site_s=round(cold, 1), noop_rerun_s=round(again, 1),
            rerun_hosts_with_changes=len(changed))  # fmt: skip
     took, _ = deploy(REPO / "examples" / "models" / "iris")

@@ -14,11 +14,9 @@ import sys
 import docker.errors
 
 from modelswarm import lab
-from modelswarm.build import BuildError
-from modelswarm.console import err, out, progress
-from modelswarm.modelimage import DEFAULT_RUNTIME
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from modelswarm.contract import Exit
+from modelswarm.imagebuild import BuildError
+from modelswarm.tooling.progress import err, out, progress
 
 
 def _print_status(report: dict) -> None:
@@ -55,21 +53,21 @@ def cmd_lab(args: argparse.Namespace) -> int:
         report = lab.status(settings)
         if not args.json:
             _print_status(report)
-            return EXIT_OK if report["healthy"] or not args.check else EXIT_FAILED
+            return Exit.OK if report["healthy"] or not args.check else Exit.FAILED
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.lab_command == "up":
         out.print(f"lab up: {len(report['instances'])} hosts; inventory {report['inventory']}")
         out.print("try:  .venv/bin/ansible -i inventory/lab all -m ping")
     if args.lab_command == "status" and args.check and not report["healthy"]:
-        return EXIT_FAILED
-    return EXIT_OK
+        return Exit.FAILED
+    return Exit.OK
 
 
 def cmd_images(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from modelswarm import kit
+    from modelswarm.lab import kit
 
     settings = lab.LabSettings.from_env()
     client = lab.connect()
@@ -81,18 +79,27 @@ def cmd_images(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         out.print(f"images {args.images_command}: {'changed' if report['changed'] else 'nothing changed'}")
-    return EXIT_OK
+    return Exit.OK
 
 
 # ------------------------------------------------------------------------------------------- model lifecycle
 
 
-def _settings(args: argparse.Namespace):
+def _inventory(args: argparse.Namespace):
     from modelswarm import cluster
 
-    inventory = cluster.read_inventory(args.inventory)
-    registry = getattr(args, "registry", None) or inventory.registry
-    return inventory, registry
+    return cluster.read_inventory(args.inventory)
+
+
+def _overrides(args: argparse.Namespace):
+    from modelswarm.lifecycle import pipeline
+
+    return pipeline.Overrides(
+        registry=getattr(args, "registry", None),
+        runtime_image=getattr(args, "runtime_image", None),
+        endpoint_mode=getattr(args, "endpoint_mode", None),
+        pip_index_url=getattr(args, "pip_index_url", ""),
+    )
 
 
 def _emit(args: argparse.Namespace, payload: dict, human: str) -> None:
@@ -103,28 +110,29 @@ def _emit(args: argparse.Namespace, payload: dict, human: str) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from modelswarm import bundle as bundles
-    from modelswarm import cluster, modelimage
+    from modelswarm import cluster
+    from modelswarm.lifecycle import bundle as bundles
+    from modelswarm.lifecycle import pipeline
 
     bundle = bundles.load_bundle(args.bundle)
-    inventory, registry = _settings(args)
+    inventory = _inventory(args)
     with cluster.manager(inventory) as client:
-        image, built = modelimage.build_and_push(client, bundle, registry, args.runtime_image, args.pip_index_url)
+        image, built = pipeline.build(client, bundle, _overrides(args))
     _emit(args, {"image": image.reference, "built": built}, f"{image.reference} ({'built' if built else 'present'})")
-    return EXIT_OK
+    return Exit.OK
 
 
-def _finish(args, inventory, outcome) -> int:
-    from modelswarm import ledgerclient
-
-    payload = {**outcome.ledger_entry(), "image": outcome.image, "exit_code": outcome.exit_code}
-    try:
-        stored = ledgerclient.record(inventory, outcome.ledger_entry())
-        payload["ledger_id"] = stored["id"]
-    except ledgerclient.LedgerError as exc:
-        err.print(f"[yellow]warning:[/yellow] {exc}", markup=True)
-        payload["ledger_id"] = None
-    colour = "green" if outcome.exit_code == 0 else "red"
+def _show(args: argparse.Namespace, recorded) -> int:
+    outcome = recorded.outcome
+    if recorded.ledger_warning:
+        err.print(f"[yellow]warning:[/yellow] {recorded.ledger_warning}", markup=True)
+    payload = {
+        **outcome.ledger_entry(),
+        "image": outcome.image,
+        "exit_code": int(outcome.exit_code),
+        "ledger_id": recorded.ledger_id,
+    }
+    colour = "green" if outcome.exit_code == Exit.OK else "red"
     _emit(
         args,
         payload,
@@ -135,68 +143,35 @@ def _finish(args, inventory, outcome) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from modelswarm import bundle as bundles
-    from modelswarm import cluster, modelimage, rollout
+    from modelswarm.lifecycle import bundle as bundles
+    from modelswarm.lifecycle import pipeline
 
     bundle = bundles.load_bundle(args.bundle)
-    inventory, registry = _settings(args)
-    with cluster.manager(inventory) as client:
-        image, _ = modelimage.build_and_push(client, bundle, registry, args.runtime_image, args.pip_index_url)
-        modelimage.stage(inventory, image.reference)
-        target = rollout.Target.for_bundle(bundle, image, args.endpoint_mode)
-        outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
-    return _finish(args, inventory, outcome)
+    recorded = pipeline.deploy(
+        _inventory(args), bundle, _overrides(args), timeout=args.timeout, report=progress, actor=args.actor
+    )
+    return _show(args, recorded)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from modelswarm import cluster, ledgerclient, modelimage, rollout
+    from modelswarm.lifecycle import pipeline
 
-    inventory, _ = _settings(args)
-    entries = ledgerclient.history(inventory, args.name)
-    with cluster.manager(inventory) as client:
-        service = rollout.find(client, rollout.SERVICE_PREFIX + args.name)
-        if service is None:
-            err.print(f"error: model {args.name!r} is not deployed")
-            return EXIT_USAGE
-        current = rollout.describe(service)
-        good = [e for e in entries if e["result"] in ("succeeded", "no_op") and e["image_digest"]]
-        if args.to:
-            candidates = [e for e in good if e["to_version"] == args.to]
-        else:
-            candidates = [e for e in good if e["to_version"] != current["version"]]
-        if not candidates:
-            known = sorted({e["to_version"] for e in good})
-            err.print(
-                f"error: no recorded good rollout of {args.name} to {args.to or 'another version'}; known: {known}"
-            )
-            return EXIT_USAGE
-        chosen = candidates[0]
-        spec = service.attrs["Spec"]
-        repo, tag = chosen["image"].rsplit(":", 1)
-        found = modelimage.existing(client, repo, tag)  # the chosen version's own source hash, from its image
-        target = rollout.Target(
-            name=args.name,
-            version=chosen["to_version"],
-            image=f"{chosen['image']}@{chosen['image_digest']}",
-            source_hash=found[1] if found else "",
-            replicas=spec["Mode"]["Replicated"]["Replicas"],
-            endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
-        )
-        modelimage.ensure_in_registry(client, target.image)
-        modelimage.stage(inventory, target.image)
-        outcome = rollout.rollout(client, target, timeout=args.timeout, report=progress, actor=args.actor)
-    return _finish(args, inventory, outcome)
+    recorded = pipeline.rollback(
+        _inventory(args), args.name, args.to, timeout=args.timeout, report=progress, actor=args.actor
+    )
+    return _show(args, recorded)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from modelswarm import cluster, rollout
+    from modelswarm import cluster, contract
+    from modelswarm.lifecycle import rollout
 
-    inventory, _ = _settings(args)
+    inventory = _inventory(args)
     report = {}
     with cluster.manager(inventory) as client:
-        services = client.services.list(filters={"label": rollout.LABEL_MODEL})
+        services = client.services.list(filters={"label": contract.LABEL_MODEL})
         for service in services:
-            name = service.attrs["Spec"]["Labels"][rollout.LABEL_MODEL]
+            name = service.attrs["Spec"]["Labels"][contract.LABEL_MODEL]
             if args.name and name != args.name:
                 continue
             info = rollout.describe(service)
@@ -206,14 +181,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             report[name] = info
     if args.name and args.name not in report:
         err.print(f"error: model {args.name!r} is not deployed")
-        return EXIT_USAGE
+        return Exit.USAGE
     lines = [
         f"{name}: {i['version']} on {', '.join(t['node'] + ' ' + t['state'] for t in i['tasks'])}"
         f" (update: {i['update_state'] or 'none'})"
         for name, i in sorted(report.items())
     ]
     _emit(args, report, "\n".join(lines) or "no model deployed")
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -225,7 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         payload = json.loads(args.data)
     except json.JSONDecodeError as exc:
         err.print(f"error: DATA is not JSON: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     inventory = cluster.read_inventory(args.inventory)
     hosts = [inventory.hosts[args.node]] if args.node else inventory.managers
     for host in hosts:
@@ -240,14 +215,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"status": response.status_code, "node": host.name, **body}, indent=2))
         else:
             out.print(json.dumps(body) if body else response.text)
-        return EXIT_OK if response.status_code == 200 else EXIT_FAILED
+        return Exit.OK if response.status_code == 200 else Exit.FAILED
     err.print("error: no node answered")
-    return EXIT_FAILED
+    return Exit.FAILED
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     from modelswarm import cluster
-    from modelswarm import load as loads
+    from modelswarm.tooling import loadgen as loads
 
     networks = [lab.LabSettings.from_env().subnet]
     hosts: list[str] = []
@@ -259,7 +234,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             json.loads(args.data)
         except json.JSONDecodeError as exc:
             err.print(f"error: --data is not JSON: {exc}")
-            return EXIT_USAGE
+            return Exit.USAGE
     plan = loads.LoadPlan(
         url=args.url,
         body=args.data,
@@ -274,9 +249,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         result = loads.run(plan)
     except loads.LoadError as exc:
         err.print(f"error: {exc}")
-        return EXIT_USAGE
+        return Exit.USAGE
     _emit(args, result.as_dict(), result.summary())
-    return EXIT_OK if result.failed == 0 else EXIT_FAILED
+    return Exit.OK if result.failed == 0 else Exit.FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     images_sub = images_parser.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build the kit images (unchanged ones come from the cache)")
-    save = images_sub.add_parser("bundle", help="save the kit images into one tarball + manifest.json")
+    save = images_sub.add_parser(
+        "bundle", help="save the kit images into tarballs by placement (all nodes / leader) + manifest.json"
+    )
     save.add_argument("--output", help="bundle directory (default: .lab/bundle)")
     for p in (build, save):
         p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -326,11 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def build_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("bundle", help="model bundle directory (with modelswarm.yml)")
-        p.add_argument("--registry", help="cluster registry host:port (default: the leader's address, port 5000)")
+        p.add_argument("--registry", help="cluster registry host:port (default: what the cluster publishes)")
         p.add_argument(
             "--runtime-image",
-            default=os.environ.get("MODELSWARM_RUNTIME_IMAGE", DEFAULT_RUNTIME),
-            help="Python base image of model images (default: $MODELSWARM_RUNTIME_IMAGE or %(default)s)",
+            help="Python base image of model images (default: the runtime image the cluster publishes, by digest)",
         )
         p.add_argument(
             "--pip-index-url",
@@ -345,11 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("MODELSWARM_ACTOR", os.environ.get("USER", "modelswarm")),
             help="who is rolling out, for the ledger (default: $MODELSWARM_ACTOR or $USER)",
         )
+
+    def endpoint_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--endpoint-mode",
             choices=["dnsrr", "vip"],
-            default="dnsrr",
-            help="service endpoints: DNS round-robin (no IPVS needed) or VIP",
+            help="service endpoints: DNS round-robin (no IPVS needed) or VIP (default: what the cluster publishes)",
         )
 
     build = sub.add_parser("build", help="validate a model bundle, build its image on the cluster and push it")
@@ -365,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build_options(deploy)
     rollout_options(deploy)
+    endpoint_option(deploy)
     cluster_options(deploy)
     deploy.set_defaults(func=cmd_deploy)
 
@@ -406,18 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from modelswarm.bundle import BundleError
-    from modelswarm.modelimage import ImageMissing
+    from modelswarm.lifecycle.bundle import BundleError
+    from modelswarm.lifecycle.modelimage import ImageMissing
+    from modelswarm.lifecycle.pipeline import PipelineError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BundleError, ImageMissing) as exc:
+    except (BundleError, ImageMissing, PipelineError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
-        return EXIT_USAGE
+        return Exit.USAGE
     except (lab.LabError, BuildError, docker.errors.DockerException, RuntimeError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
-        return EXIT_FAILED
+        return Exit.FAILED
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

@@ -7,6 +7,8 @@ key and SSH options. The Docker API of a manager is reached by forwarding its so
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import os
@@ -22,7 +24,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from modelswarm.console import progress
+from modelswarm import contract
+from modelswarm.tooling.progress import progress
 
 
 class ClusterError(RuntimeError):
@@ -58,11 +61,6 @@ class Inventory:
         if len(names) != 1:
             raise ClusterError(f"the inventory must put exactly one host in group 'leader' (found {names})")
         return self.hosts[names[0]]
-
-    @property
-    def registry(self) -> str:
-        """The cluster registry: the platform runs it on the designated leader, port 5000."""
-        return f"{self.leader.address}:5000"
 
     @property
     def managers(self) -> list[Host]:
@@ -200,3 +198,52 @@ def manager(inventory: Inventory) -> Iterator[docker.DockerClient]:
             f"(details: {'; '.join(failures)})"
         )
     raise ClusterError("no swarm manager answered: " + "; ".join(failures))
+
+
+@dataclass(frozen=True)
+class DeployFacts:
+    """What a deploy needs to know about this cluster, as its platform published it at converge."""
+
+    registry: str  # host:port of the cluster registry, trusted by every node's Docker
+    models_network: str  # the overlay network model services join
+    endpoint_mode: str  # dnsrr (no IPVS) or vip
+    runtime_image: str  # the Python base of model images, by digest, in the cluster registry
+    ca_certificate: str = ""  # PEM of the cluster CA (the registry's and NGINX's certificates chain to it)
+
+    FIELDS = ("registry", "models_network", "endpoint_mode", "runtime_image")
+
+
+def parse_deploy_facts(encoded: str) -> DeployFacts:
+    """The published config's data (base64 JSON, as the Docker API returns it) -> DeployFacts; ClusterError names
+    what is wrong with it."""
+    try:
+        data = json.loads(base64.b64decode(encoded))
+    except (binascii.Error, ValueError) as exc:
+        raise ClusterError(f"the swarm config {contract.DEPLOY_FACTS_CONFIG} is not JSON: {exc}") from exc
+    missing = [key for key in DeployFacts.FIELDS if not isinstance(data, dict) or not data.get(key)]
+    if missing:
+        raise ClusterError(
+            f"the swarm config {contract.DEPLOY_FACTS_CONFIG} lacks {', '.join(missing)}: "
+            "run playbooks/site.yml again (the platform role writes it)"
+        )
+    return DeployFacts(
+        registry=data["registry"],
+        models_network=data["models_network"],
+        endpoint_mode=data["endpoint_mode"],
+        runtime_image=data["runtime_image"],
+        ca_certificate=data.get("ca_certificate", ""),
+    )
+
+
+def deploy_facts(client: docker.DockerClient) -> DeployFacts:
+    """Read the deploy facts the platform published into the swarm (a swarm config) through a manager."""
+    # The API's name filter matches prefixes: keep the exact name only.
+    listed = client.configs.list(filters={"name": contract.DEPLOY_FACTS_CONFIG})
+    found = [c for c in listed if c.name == contract.DEPLOY_FACTS_CONFIG]
+    if not found:
+        raise ClusterError(
+            f"this swarm has no {contract.DEPLOY_FACTS_CONFIG} config: the platform is not deployed yet, or was "
+            "deployed by an older modelswarm. Run playbooks/site.yml (the platform role publishes the registry, the "
+            "models network and the runtime image there)"
+        )
+    return parse_deploy_facts(found[0].attrs["Spec"]["Data"])

@@ -12,13 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyinfra import host
 
-from modelswarm.modelimage import DEFAULT_RUNTIME
 from pyinfra_deploys.swarm_model import model_service
 
 if "leader" in host.groups:
     model_service(
         name=f"Roll out {host.data.bundle}",
         bundle_path=host.data.bundle,
-        runtime_image=os.environ.get("MODELSWARM_RUNTIME_IMAGE", DEFAULT_RUNTIME),
         actor=os.environ.get("MODELSWARM_ACTOR", "pyinfra"),
     )

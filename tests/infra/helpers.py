@@ -62,7 +62,6 @@ def secrets_dir() -> Path:
     return REPO / ".secrets"
 
 
-LAB_RUNTIME_IMAGE = "modelswarm/python-runtime:3.11-bookworm"
 IRIS = REPO / "examples" / "models" / "iris"
 
 
@@ -84,7 +83,7 @@ def modelswarm(*args: str, timeout: int = 900) -> tuple[int, dict, str]:
     """Run the CLI against the scenario's hosts with --json; returns (exit code, JSON result, progress output)."""
     result = run_tool(
         "modelswarm", *args, "-i", inventory(), "--json", timeout=timeout,
-        MODELSWARM_RUNTIME_IMAGE=LAB_RUNTIME_IMAGE, MODELSWARM_ACTOR="testinfra",
+        MODELSWARM_ACTOR="testinfra",
     )  # fmt: skip
     try:
         payload = json.loads(result.stdout) if result.stdout.strip() else {}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from modelswarm import build, bundle, modelimage
+from modelswarm import imagebuild as build
+from modelswarm.lifecycle import bundle, modelimage
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
 

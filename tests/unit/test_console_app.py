@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from modelswarm.webconsole import app, ledger
+from modelswarm.apps.console import app, ledger
 
 
 def call(method, path, body=None, content_type="application/json", query=""):

@@ -7,7 +7,7 @@ import docker.errors
 import pytest
 import yaml
 
-from modelswarm import lab
+from modelswarm.lab import hosts as lab
 
 
 def settings(tmp_path, **overrides):
@@ -175,3 +175,61 @@ def test_cluster_inventory_reads_either_key_spelling(tmp_path):
     assert inventory.hosts["a"].key == "/k/short" and inventory.hosts["b"].key == "/k/long"
     assert inventory.leader.name == "a" and [h.name for h in inventory.managers] == ["a", "b"]
     assert inventory.hosts["b"].ssh_args == ("-o", "StrictHostKeyChecking=no")
+
+
+class ListedContainers:
+    """containers.list for the foreign-lab check: lab hosts with their labels and authorized_keys."""
+
+    def __init__(self, hosts):
+        self.hosts = hosts
+
+    def list(self, all, filters):
+        assert all is True and filters == {"label": "io.modelswarm.lab=modelswarm-lab"}
+        return self.hosts
+
+
+def lab_host(labels, authorized=b""):
+    return SimpleNamespace(labels=labels, exec_run=lambda command: SimpleNamespace(output=authorized))
+
+
+def test_the_key_fingerprint_is_what_ssh_keygen_prints(tmp_path):
+    import shutil
+    import subprocess
+
+    s = settings(tmp_path)
+    key, public = lab.ensure_ssh_key(s)
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("no ssh-keygen here")
+    printed = subprocess.run(["ssh-keygen", "-lf", str(key.with_suffix(".pub"))], capture_output=True, text=True)
+    assert printed.stdout.split()[1] == lab.key_fingerprint(public)
+
+
+def test_our_own_lab_is_not_foreign(tmp_path):
+    s = settings(tmp_path)
+    _, public = lab.ensure_ssh_key(s)
+    ours = {**s.labels, lab.OWNER_LABEL: str(lab.REPO_ROOT), lab.KEY_LABEL: lab.key_fingerprint(public)}
+    client = SimpleNamespace(containers=ListedContainers([lab_host(ours)] * 3))
+    assert lab.find_foreign_lab(client, s, public) is None
+    assert lab.find_foreign_lab(SimpleNamespace(containers=ListedContainers([])), s, public) is None
+
+
+def test_a_lab_made_by_another_checkout_is_named_with_both_ways_out(tmp_path):
+    s = settings(tmp_path)
+    _, public = lab.ensure_ssh_key(s)
+    theirs = {**s.labels, lab.OWNER_LABEL: "/elsewhere/checkout", lab.KEY_LABEL: "SHA256:someone-else"}
+    client = SimpleNamespace(containers=ListedContainers([lab_host(theirs)]))
+    message = lab.find_foreign_lab(client, s, public)
+    assert "was made by the checkout /elsewhere/checkout:" in message
+    assert "`make down` in /elsewhere/checkout" in message
+    assert "MODELSWARM_LAB_PREFIX=modelswarm-lab-" in message and "MODELSWARM_LAB_SUBNET=" in message
+    assert "Nothing was changed" in message
+
+
+def test_a_lab_from_before_owner_labels_is_judged_by_its_authorized_keys(tmp_path):
+    s = settings(tmp_path)
+    _, public = lab.ensure_ssh_key(s)
+    accepts = lab_host(s.labels, authorized=(public + "\n").encode())
+    refuses = lab_host(s.labels, authorized=b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther other\n")
+    assert lab.find_foreign_lab(SimpleNamespace(containers=ListedContainers([accepts])), s, public) is None
+    message = lab.find_foreign_lab(SimpleNamespace(containers=ListedContainers([refuses])), s, public)
+    assert "was made by another checkout" in message and "`make down` in the checkout that made it" in message

@@ -2,7 +2,7 @@
 
 import pytest
 
-from modelswarm.webconsole import ledger
+from modelswarm.apps.console import ledger
 
 GOOD = {
     "model": "iris",

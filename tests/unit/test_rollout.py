@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from modelswarm import rollout
+from modelswarm.lifecycle import rollout
 
 TARGET = rollout.Target(name="iris", version="1.1.0", image="r:5000/models/iris:1.1.0@sha256:" + "a" * 64)
 
@@ -127,7 +127,7 @@ def test_first_deploy_creates_the_full_spec():
 
 
 def test_an_image_the_registry_does_not_hold_is_refused_before_anything_changes():
-    from modelswarm import modelimage
+    from modelswarm.lifecycle import modelimage
 
     swarm = FakeSwarm(["completed"], [2], existing=spec("r:5000/models/iris:1.0.0@sha256:" + "b" * 64, "1.0.0"),
                       registry_holds=False)  # fmt: skip

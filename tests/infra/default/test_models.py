@@ -13,7 +13,6 @@ import testinfra
 
 from tests.infra.helpers import (
     IRIS,
-    LAB_RUNTIME_IMAGE,
     REPO,
     inventory,
     iris_variant,
@@ -156,7 +155,7 @@ def test_status_shows_the_model():
 def pyinfra(deploy: str, bundle):
     return run_tool(
         "pyinfra", "-y", "pyinfra_deploys/inventory.py", f"pyinfra_deploys/{deploy}", "--data", f"bundle={bundle}",
-        timeout=900, MODELSWARM_INVENTORY=inventory(), MODELSWARM_RUNTIME_IMAGE=LAB_RUNTIME_IMAGE,
+        timeout=900, MODELSWARM_INVENTORY=inventory(),
         MODELSWARM_ACTOR="pyinfra-test",
     )  # fmt: skip
 

@@ -14,13 +14,11 @@ from importlib import resources
 import docker
 import docker.errors
 
-from modelswarm import cluster
-from modelswarm.build import build_image, render
-from modelswarm.bundle import Bundle
-from modelswarm.console import progress
+from modelswarm import cluster, contract
+from modelswarm.imagebuild import build_image, render
+from modelswarm.lifecycle.bundle import Bundle
+from modelswarm.tooling.progress import progress
 
-# The Python base of model images unless MODELSWARM_RUNTIME_IMAGE / --runtime-image says otherwise.
-DEFAULT_RUNTIME = "python:3.11-slim-bookworm"
 GUNICORN_VERSION = "23.0.0"
 DEFAULT_WORKERS = 2
 
@@ -50,16 +48,18 @@ def context_files(bundle: Bundle, runtime_image: str, pip_index_url: str = "") -
     source_hash = bundle.source_hash()
     files: dict[str, bytes | str] = {
         "Dockerfile": render(
-            "model/Dockerfile.j2",
+            __package__,
+            "model.Dockerfile.j2",
             bundle=bundle,
             runtime_image=runtime_image,
             source_hash=source_hash,
             gunicorn_version=GUNICORN_VERSION,
             workers=DEFAULT_WORKERS,
+            contract=contract,
             pip_index_url=pip_index_url,
         ),
         "requirements.txt": "\n".join(bundle.requirements) + "\n",
-        "server.py": resources.files("modelswarm.modelserver").joinpath("server.py").read_bytes(),
+        "server.py": resources.files("modelswarm.apps.modelserver").joinpath("server.py").read_bytes(),
     }
     for rel in bundle.files():
         files[f"bundle/{rel}"] = (bundle.path / rel).read_bytes()
@@ -67,7 +67,7 @@ def context_files(bundle: Bundle, runtime_image: str, pip_index_url: str = "") -
 
 
 def repository(registry: str, bundle: Bundle) -> str:
-    return f"{registry}/models/{bundle.name}"
+    return f"{registry}/{contract.MODEL_REPOSITORY}/{bundle.name}"
 
 
 def existing(client: docker.DockerClient, repo: str, tag: str) -> tuple[str, str] | None:
@@ -81,7 +81,7 @@ def existing(client: docker.DockerClient, repo: str, tag: str) -> tuple[str, str
             return None
         raise ImageError(f"cannot ask the registry about {repo}:{tag}: {exc}") from exc
     image = client.images.pull(f"{repo}@{data.id}")
-    return data.id, (image.labels or {}).get("io.modelswarm.source-hash", "")
+    return data.id, (image.labels or {}).get(contract.LABEL_SOURCE_HASH, "")
 
 
 def build_and_push(
@@ -108,7 +108,7 @@ def build_and_push(
         client,
         f"{repo}:{bundle.version}",
         context_files(bundle, runtime_image, pip_index_url),
-        labels={"io.modelswarm.model": bundle.name, "io.modelswarm.version": bundle.version},
+        labels={contract.LABEL_MODEL: bundle.name, contract.LABEL_VERSION: bundle.version},
     )
     progress(f"pushing {repo}:{bundle.version}")
     digest = None

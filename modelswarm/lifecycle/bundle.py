@@ -29,9 +29,9 @@ from pathlib import Path
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
+from modelswarm import contract
+
 MANIFEST = "modelswarm.yml"
-NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KNOWN_KEYS = {"name", "version", "entrypoint", "replicas", "resources", "environment", "artifacts", "description"}
@@ -51,7 +51,7 @@ class Bundle:
     name: str
     version: str
     entrypoint: str = "model.py"
-    replicas: int = 2
+    replicas: int = contract.DEFAULT_REPLICAS
     cpus: str | None = None
     memory: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
@@ -61,7 +61,7 @@ class Bundle:
 
     @property
     def service(self) -> str:
-        return f"model-{self.name}"
+        return contract.service_name(self.name)
 
     def files(self) -> list[Path]:
         """Every file that goes into the image, relative to the bundle (sorted, stable)."""
@@ -140,18 +140,17 @@ def load_bundle(path: str | Path) -> Bundle:
     if unknown:
         problems.append(f"{MANIFEST}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
     name = manifest.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
-        problems.append(
-            f"name {name!r}: use 2-40 characters, lowercase letters, digits and dashes, starting with a letter "
-            "and not ending with a dash (it becomes the service name model-<name> and the URL /models/<name>/)"
-        )
+    if not contract.matches(contract.MODEL_NAME_PATTERN, name):
+        problems.append(f"name {name!r}: use {contract.MODEL_NAME_RULE}")
     version = manifest.get("version")
     version = str(version) if isinstance(version, int | float) else version
-    if not isinstance(version, str) or not VERSION.match(version):
-        problems.append(f"version {version!r}: use letters, digits, '.', '_' and '-' (it becomes the image tag)")
-    replicas = manifest.get("replicas", 2)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 9:
-        problems.append(f"replicas {replicas!r}: a whole number from 1 to 9 (at most one per node)")
+    if not contract.matches(contract.VERSION_PATTERN, version):
+        problems.append(f"version {version!r}: use {contract.VERSION_RULE}")
+    replicas = manifest.get("replicas", contract.DEFAULT_REPLICAS)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= contract.MAX_REPLICAS:
+        problems.append(
+            f"replicas {replicas!r}: a whole number from 1 to {contract.MAX_REPLICAS} (at most one per node)"
+        )
 
     entrypoint = manifest.get("entrypoint", "model.py")
     has_load = False

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,13 +23,15 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from modelswarm.build import build_image, render
-from modelswarm.console import progress
-from modelswarm.lab import LabSettings, ensure_base_image
+from modelswarm import contract
+from modelswarm.imagebuild import build_image, render
+from modelswarm.lab.hosts import LabSettings, ensure_base_image
+from modelswarm.tooling.progress import progress
 
 KIT_LABEL = "io.modelswarm.kit"
-BUNDLE_TAR = "images.tar"
 MANIFEST = "manifest.json"
+# Kit builds at once per stage: the images of a stage are independent of each other.
+BUILD_PARALLELISM = 4
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,14 @@ KIT: tuple[KitImage, ...] = (
 
 
 def _console_source() -> dict[str, bytes]:
-    """The console's code (the modelswarm.webconsole package) as build-context files."""
-    files: dict[str, bytes] = {"modelswarm/__init__.py": b""}
-    root = resources.files("modelswarm.webconsole")
+    """The console's code as build-context files: its package (modelswarm.apps.console) and the parent packages'
+    markers and the contract, so the image imports it by the same names as the repository does."""
+    files: dict[str, bytes] = {
+        "modelswarm/__init__.py": b"",
+        "modelswarm/apps/__init__.py": b"",
+        "modelswarm/contract.py": resources.files("modelswarm").joinpath("contract.py").read_bytes(),
+    }
+    root = resources.files("modelswarm.apps.console")
 
     def walk(node, prefix: str) -> None:
         for entry in node.iterdir():
@@ -91,17 +99,17 @@ def _console_source() -> dict[str, bytes]:
             if entry.is_dir():
                 walk(entry, f"{prefix}{entry.name}/")
             else:
-                files[f"modelswarm/webconsole/{prefix}{entry.name}"] = entry.read_bytes()
+                files[f"modelswarm/apps/console/{prefix}{entry.name}"] = entry.read_bytes()
 
     walk(root, "")
     return files
 
 
 def context_files(image: KitImage, base_image: str) -> dict[str, bytes | str]:
-    values = {"base_image": base_image, "python_runtime_image": PYTHON_RUNTIME, **image.values}
-    files: dict[str, bytes | str] = {"Dockerfile": render(image.template, **values)}
+    values = {"base_image": base_image, "python_runtime_image": PYTHON_RUNTIME, "contract": contract, **image.values}
+    files: dict[str, bytes | str] = {"Dockerfile": render(__package__, image.template, **values)}
     for extra in image.extra_files:  # copied as they are, not rendered
-        files[Path(extra).name] = resources.files("modelswarm").joinpath("templates", extra).read_bytes()
+        files[Path(extra).name] = resources.files(__package__).joinpath("templates", extra).read_bytes()
     if image.key == "console":
         files.update(_console_source())
     return files
@@ -115,22 +123,59 @@ def _image_id(client: docker.DockerClient, tag: str) -> str | None:
 
 
 def build_kit(client: docker.DockerClient, settings: LabSettings) -> dict[str, object]:
-    """Build every kit image (the layer cache makes unchanged ones instant). Returns what changed."""
+    """Build every kit image (the layer cache makes unchanged ones instant). Returns what changed.
+
+    Two stages, each built in parallel: the images on the Debian base (mostly package downloads and unpacking,
+    which overlap well), then those on the Python runtime built in the first stage.
+    """
     ensure_base_image(client, settings)
-    changed = []
-    for image in KIT:
+
+    def build(image: KitImage) -> str | None:
         before = _image_id(client, image.tag)
         labels = {KIT_LABEL: image.key}
         if image.placeholder:
             labels["io.modelswarm.placeholder"] = image.key
         after = build_image(client, image.tag, context_files(image, settings.base_image), labels=labels)
-        if after != before:
-            changed.append(image.tag)
+        return image.tag if after != before else None
+
+    changed: list[str] = []
+    for stage in (
+        [i for i in KIT if not _on_runtime(i)],
+        [i for i in KIT if _on_runtime(i)],
+    ):
+        with ThreadPoolExecutor(max_workers=BUILD_PARALLELISM) as pool:
+            changed += [tag for tag in pool.map(build, stage) if tag]
     return {"changed": bool(changed), "built": changed, "images": {i.key: i.tag for i in KIT}}
 
 
+def _on_runtime(image: KitImage) -> bool:
+    """Whether the image is built FROM the kit's Python runtime (so after it)."""
+    return (
+        "{{ python_runtime_image }}" in resources.files(__package__).joinpath("templates", image.template).read_text()
+    )
+
+
+def bundle_parts() -> dict[str, dict[str, object]]:
+    """The bundle's tarballs by where they go: `all` nodes, or the `leader` only (the images of the services the
+    stack pins to the designated leader; no other node ever runs them)."""
+    pinned = set(contract.LEADER_PINNED_SERVICES)
+    return {
+        "all": {"tarball": "images-all.tar", "images": [i.tag for i in KIT if i.key not in pinned]},
+        "leader": {"tarball": "images-leader.tar", "images": [i.tag for i in KIT if i.key in pinned]},
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_bundle(client: docker.DockerClient, bundle_dir: Path) -> dict[str, object]:
-    """Write all kit images into one tarball (layers shared between images are stored once) and a manifest.
+    """Write the kit images into tarballs by placement (layers shared inside a tarball are stored once) and a
+    manifest that the `images` role reads.
 
     Skipped when the manifest already lists the same image IDs: the bundle is then up to date.
     """
@@ -141,32 +186,35 @@ def save_bundle(client: docker.DockerClient, bundle_dir: Path) -> dict[str, obje
         if image_id is None:
             raise RuntimeError(f"image {tag} ({key}) is missing: run `modelswarm images build` first")
         ids[tag] = image_id
-    manifest = {
+    parts = bundle_parts()
+    manifest: dict[str, object] = {
         "images": images,
         "ids": ids,
         "placeholders": sorted(i.key for i in KIT if i.placeholder),
-        "tarball": BUNDLE_TAR,
+        "parts": parts,
     }
-    manifest_path, tar_path = bundle_dir / MANIFEST, bundle_dir / BUNDLE_TAR
-    if manifest_path.exists() and tar_path.exists():
+    manifest_path = bundle_dir / MANIFEST
+    if manifest_path.exists() and all((bundle_dir / str(p["tarball"])).exists() for p in parts.values()):
         old = json.loads(manifest_path.read_text())
-        if old.get("ids") == ids:
+        if old.get("ids") == ids and old.get("parts", {}).keys() == parts.keys():
             progress(f"bundle {bundle_dir} is up to date")
-            return {"changed": False, "manifest": str(manifest_path), **manifest}
+            return {"changed": False, "manifest": str(manifest_path), **old}
     if not shutil.which("docker"):
         raise RuntimeError("the docker CLI is needed to save the bundle (docker save)")
     bundle_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    partial = tar_path.with_suffix(".tar.partial")
-    progress(f"saving {len(images)} images into {tar_path}")
-    subprocess.run(["docker", "save", "-o", str(partial), *images.values()], check=True)
-    partial.replace(tar_path)
-    digest = hashlib.sha256()
-    with tar_path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    manifest["sha256"] = digest.hexdigest()
-    manifest["bytes"] = tar_path.stat().st_size
+    for scope, part in parts.items():
+        tar_path = bundle_dir / str(part["tarball"])
+        partial = tar_path.with_suffix(".tar.partial")
+        progress(f"saving {len(part['images'])} images for {scope} nodes into {tar_path}")
+        subprocess.run(["docker", "save", "-o", str(partial), *part["images"]], check=True)
+        partial.replace(tar_path)
+        part["sha256"] = _sha256(tar_path)
+        part["bytes"] = tar_path.stat().st_size
+    for stale in bundle_dir.glob("*.tar"):
+        if stale.name not in {p["tarball"] for p in parts.values()}:
+            stale.unlink()  # a tarball of an older layout
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    progress(f"bundle written: {manifest['bytes'] / 1e6:.0f} MB in {time.monotonic() - started:.0f}s")
+    sizes = ", ".join(f"{scope} {int(p['bytes']) / 1e6:.0f} MB" for scope, p in parts.items())
+    progress(f"bundle written ({sizes}) in {time.monotonic() - started:.0f}s")
     return {"changed": True, "manifest": str(manifest_path), **manifest}

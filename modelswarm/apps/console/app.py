@@ -23,12 +23,12 @@ from http import HTTPStatus
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from modelswarm.webconsole import ledger
+from modelswarm import contract
+from modelswarm.apps.console import ledger
 
-MODEL_SERVICE_PREFIX = "model-"
 MAX_BODY = 64 * 1024
 
-_pages = Environment(loader=PackageLoader("modelswarm.webconsole", "templates"), autoescape=select_autoescape())
+_pages = Environment(loader=PackageLoader("modelswarm.apps.console", "templates"), autoescape=select_autoescape())
 _migrated = False
 
 
@@ -115,13 +115,13 @@ def _service_summary(client, service) -> dict:
         "desired": spec["Mode"]["Replicated"]["Replicas"] if mode == "replicated" else len(tasks),
         "running": running,
         "update_state": (service.attrs.get("UpdateStatus") or {}).get("State"),
-        "model": labels.get("io.modelswarm.model"),
-        "version": labels.get("io.modelswarm.version"),
+        "model": labels.get(contract.LABEL_MODEL),
+        "version": labels.get(contract.LABEL_VERSION),
     }
 
 
 def models(state: dict) -> list[dict]:
-    return [s for s in state["services"] if s["name"].startswith(MODEL_SERVICE_PREFIX)]
+    return [s for s in state["services"] if s["name"].startswith(contract.MODEL_SERVICE_PREFIX)]
 
 
 # ------------------------------------------------------------------------------------------------ handlers
@@ -210,7 +210,7 @@ def page(_environ) -> tuple[HTTPStatus, str]:
         rollouts, problems = [], [*problems, exc.message]
     html = _pages.get_template("index.html.j2").render(
         nodes=state["nodes"],
-        services=[s for s in state["services"] if not s["name"].startswith(MODEL_SERVICE_PREFIX)],
+        services=[s for s in state["services"] if not s["name"].startswith(contract.MODEL_SERVICE_PREFIX)],
         models=models(state),
         rollouts=rollouts,
         problems=problems,

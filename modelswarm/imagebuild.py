@@ -7,6 +7,7 @@ Every image this project builds (lab hosts now, platform and model images later)
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tarfile
@@ -18,27 +19,31 @@ import docker
 import docker.errors
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from modelswarm.console import progress
+from modelswarm.tooling.progress import progress
 
 CA_BUNDLE_ENV = "MODELSWARM_EXTRA_CA_CERTS"
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_FILE_IN_CONTEXT = "extra-ca-certificates.crt"
 
-_templates = Environment(
-    loader=PackageLoader("modelswarm", "templates"),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # noqa: S701 - renders Dockerfiles and config files, never HTML
-)
+
+@functools.cache
+def _templates(package: str) -> Environment:
+    return Environment(
+        loader=PackageLoader(package, "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - renders Dockerfiles and config files, never HTML
+    )
 
 
 class BuildError(RuntimeError):
     """An image build failed; the message carries the builder's own error."""
 
 
-def render(template: str, **values: object) -> str:
-    """Render one of the package's Jinja2 templates; an undefined value is an error, not an empty string."""
-    return _templates.get_template(template).render(**values)
+def render(package: str, template: str, **values: object) -> str:
+    """Render a Jinja2 template from `package`'s templates/ directory; an undefined value is an error, not an empty
+    string."""
+    return _templates(package).get_template(template).render(**values)
 
 
 def extra_ca_bundle(setting: str | None = None) -> bytes:

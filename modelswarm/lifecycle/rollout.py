@@ -19,13 +19,11 @@ import docker
 import docker.errors
 from docker.types import EndpointSpec, Resources, RestartPolicy, RollbackConfig, ServiceMode, UpdateConfig
 
-from modelswarm import modelimage
+from modelswarm import contract
+from modelswarm.contract import LABEL_MODEL, LABEL_SOURCE_HASH, LABEL_VERSION, Exit
+from modelswarm.lifecycle import modelimage
 
-SERVICE_PREFIX = "model-"
-LABEL_MODEL, LABEL_VERSION, LABEL_SOURCE = "io.modelswarm.model", "io.modelswarm.version", "io.modelswarm.source-hash"
 SECOND = 1_000_000_000
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROLLED_BACK, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -36,22 +34,23 @@ class Target:
     version: str
     image: str  # repository:tag@sha256:... (digest-pinned)
     source_hash: str = ""
-    replicas: int = 2
+    replicas: int = contract.DEFAULT_REPLICAS
     cpus: str | None = None
     memory: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
-    network: str = "modelswarm-models"
+    network: str = contract.MODELS_NETWORK
     endpoint_mode: str = "dnsrr"
-    monitor_seconds: int = 10
-    stop_grace_seconds: int = 30
+    monitor_seconds: int = contract.ROLLOUT_MONITOR_SECONDS
+    stop_grace_seconds: int = contract.STOP_GRACE_SECONDS
 
     @property
     def service(self) -> str:
-        return SERVICE_PREFIX + self.name
+        return contract.service_name(self.name)
 
     @classmethod
-    def for_bundle(cls, bundle, image, endpoint_mode: str = "dnsrr") -> Target:
-        """What a bundle's manifest asks for, running `image` (a modelimage.ModelImage)."""
+    def for_bundle(cls, bundle, image, network: str = contract.MODELS_NETWORK, endpoint_mode: str = "dnsrr") -> Target:
+        """What a bundle's manifest asks for, running `image` (a modelimage.ModelImage), on the cluster's models
+        network with its endpoint mode (both published by the platform)."""
         return cls(
             name=bundle.name,
             version=bundle.version,
@@ -61,6 +60,7 @@ class Target:
             cpus=bundle.cpus,
             memory=bundle.memory,
             environment=bundle.environment,
+            network=network,
             endpoint_mode=endpoint_mode,
         )
 
@@ -80,8 +80,8 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return {"succeeded": EXIT_OK, "no_op": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK}.get(
-            self.result, EXIT_TIMEOUT if "timed out" in self.message else EXIT_FAILED
+        return {"succeeded": Exit.OK, "no_op": Exit.OK, "rolled_back": Exit.ROLLED_BACK}.get(
+            self.result, Exit.TIMED_OUT if "timed out" in self.message else Exit.FAILED
         )
 
     def ledger_entry(self) -> dict:
@@ -105,7 +105,7 @@ def service_kwargs(target: Target) -> dict:
     return {
         "image": target.image,
         "name": target.service,
-        "labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version, LABEL_SOURCE: target.source_hash},
+        "labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version, LABEL_SOURCE_HASH: target.source_hash},
         "container_labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version},
         "env": [f"{k}={v}" for k, v in sorted(target.environment.items())] + [f"MODELSWARM_IMAGE={target.image}"],
         "networks": [target.network],
@@ -144,7 +144,7 @@ def describe(service) -> dict:
     labels = spec.get("Labels") or {}
     return {
         "version": labels.get(LABEL_VERSION),
-        "source_hash": labels.get(LABEL_SOURCE),
+        "source_hash": labels.get(LABEL_SOURCE_HASH),
         "image": spec["TaskTemplate"]["ContainerSpec"]["Image"],
         "replicas": spec["Mode"].get("Replicated", {}).get("Replicas"),
         "update_state": (service.attrs.get("UpdateStatus") or {}).get("State"),

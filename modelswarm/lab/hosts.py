@@ -9,6 +9,8 @@ Everything the lab creates carries the label `io.modelswarm.lab=<prefix>`; `down
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import ipaddress
 import os
@@ -27,11 +29,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from modelswarm.build import build_image, render
-from modelswarm.console import progress
+from modelswarm.imagebuild import build_image, render
+from modelswarm.tooling.progress import progress
 
 LAB_LABEL = "io.modelswarm.lab"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# On each lab host: which checkout made it and the fingerprint of the SSH key it accepts, so a
+# second checkout finds out before Ansible that this lab is not its own.
+OWNER_LABEL, KEY_LABEL = f"{LAB_LABEL}.owner", f"{LAB_LABEL}.ssh-key"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 # The capabilities recipe that runs systemd in a container on these kernels: --privileged fails ("unable to apply
 # caps": CAP_SYS_RESOURCE is not grantable), so grant everything else explicitly.
@@ -242,6 +247,12 @@ def ensure_base_image(client: docker.DockerClient, settings: LabSettings) -> boo
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
             raise LabError(f"debootstrap failed (is {settings.debian_mirror} reachable?):\n{tail}")
         progress(f"base image: debootstrap done in {time.monotonic() - started:.0f}s; importing")
+        # As Debian's own -slim images do: packages installed later leave out docs, man pages and translations
+        # (a third of the lab kit's size, and of the bundle copied to every node).
+        (rootfs / "etc/dpkg/dpkg.cfg.d/modelswarm-slim").write_text(
+            "path-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n"
+            "path-exclude=/usr/share/man/*\npath-exclude=/usr/share/info/*\npath-exclude=/usr/share/locale/*\n"
+        )
         for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for item in (rootfs / leftover).glob("*"):
                 if item.is_file():
@@ -268,8 +279,8 @@ def ensure_node_image(client: docker.DockerClient, settings: LabSettings, rebuil
         client,
         settings.node_image,
         {
-            "Dockerfile": render("lab-node.Dockerfile.j2", base_image=settings.base_image),
-            "lab-ssh-host-keys.service": render("lab-ssh-host-keys.service"),
+            "Dockerfile": render(__package__, "lab-node.Dockerfile.j2", base_image=settings.base_image),
+            "lab-ssh-host-keys.service": render(__package__, "lab-ssh-host-keys.service"),
         },
         labels=settings.labels,
     )
@@ -324,6 +335,47 @@ def ensure_network(client: docker.DockerClient, settings: LabSettings) -> bool:
     return True
 
 
+def key_fingerprint(public_line: str) -> str:
+    """SHA256 of the public key's blob, as `ssh-keygen -lf` prints it."""
+    blob = base64.b64decode(public_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _accepts(container, public_line: str) -> bool:
+    """Whether a lab host made before the owner labels existed accepts this key (its authorized_keys holds it)."""
+    try:
+        result = container.exec_run(["cat", "/root/.ssh/authorized_keys"])
+    except docker.errors.APIError:
+        return True  # not running: nothing to tell; `up` starts it and Ansible will say
+    return public_line.split()[1] in result.output.decode(errors="replace")
+
+
+def find_foreign_lab(client: docker.DockerClient, settings: LabSettings, public_line: str) -> str | None:
+    """A sentence naming the lab of this prefix if another checkout (another SSH key) made it, else None."""
+    owner = str(REPO_ROOT)
+    ours = key_fingerprint(public_line)
+    selector = {"label": f"{LAB_LABEL}={settings.prefix}"}
+    for container in client.containers.list(all=True, filters=selector):
+        labels = container.labels or {}
+        known = labels.get(KEY_LABEL)
+        if (known == ours) if known else _accepts(container, public_line):
+            continue
+        maker = labels.get(OWNER_LABEL)
+        there = f"`make down` in {maker}" if maker else "`make down` in the checkout that made it"
+        return (
+            f"the lab {settings.prefix!r} on this machine (hosts on {settings.subnet}) was made by "
+            f"{'the checkout ' + maker if maker else 'another checkout'}: its hosts accept that checkout's SSH key, "
+            f"not this one's ({settings.ssh_key}), so Ansible would be refused. Nothing was changed. Either remove "
+            f"that lab ({there}), or give this checkout a lab of its own, e.g. "
+            f"MODELSWARM_LAB_PREFIX={settings.prefix}-{_short(owner)} MODELSWARM_LAB_SUBNET=172.31.99.0/24 make demo"
+        )
+    return None
+
+
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
 def ensure_node(client: docker.DockerClient, settings: LabSettings, node: str, public_key: str) -> str:
     """Create or start one lab host. Returns what was done: 'created', 'started' or 'unchanged'."""
     name = settings.container_name(node)
@@ -358,7 +410,12 @@ def ensure_node(client: docker.DockerClient, settings: LabSettings, node: str, p
         name=name,
         hostname=node,
         detach=True,
-        labels={**settings.labels, f"{LAB_LABEL}.node": node},
+        labels={
+            **settings.labels,
+            f"{LAB_LABEL}.node": node,
+            OWNER_LABEL: str(REPO_ROOT),
+            KEY_LABEL: key_fingerprint(public_key),
+        },
         host_config=host_config,
         networking_config=networking,
     )
@@ -453,10 +510,13 @@ def up(settings: LabSettings, rebuild: bool = False) -> dict[str, object]:
     clashes = find_clashes(client, settings)
     if clashes:
         raise LabError("the lab cannot be created here:\n  - " + "\n  - ".join(clashes))
+    key, public = ensure_ssh_key(settings)
+    foreign = find_foreign_lab(client, settings, public)
+    if foreign:
+        raise LabError(foreign)
     changed = False
     changed |= ensure_base_image(client, settings)
     changed |= ensure_node_image(client, settings, rebuild=rebuild)
-    key, public = ensure_ssh_key(settings)
     changed |= ensure_network(client, settings)
     actions = {node: ensure_node(client, settings, node, public) for node in settings.nodes}
     for node, action in actions.items():

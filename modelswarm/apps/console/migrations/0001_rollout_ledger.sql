@@ -1,11 +1,11 @@
 -- The rollout ledger: one row per deployment attempt of a model version.
 CREATE TABLE rollouts (
     id            BIGSERIAL PRIMARY KEY,
-    model         TEXT        NOT NULL CHECK (model ~ '^[a-z][a-z0-9-]{0,38}[a-z0-9]$'),
+    model         TEXT        NOT NULL CHECK (model ~ '^{{MODEL_NAME_PATTERN}}$'),
     from_version  TEXT,
     to_version    TEXT        NOT NULL CHECK (length(to_version) BETWEEN 1 AND 128),
     image         TEXT        NOT NULL,
-    image_digest  TEXT        CHECK (image_digest IS NULL OR image_digest ~ '^sha256:[0-9a-f]{64}$'),
+    image_digest  TEXT        CHECK (image_digest IS NULL OR image_digest ~ '^{{DIGEST_PATTERN}}$'),
     actor         TEXT        NOT NULL,
     started_at    TIMESTAMPTZ NOT NULL,
     finished_at   TIMESTAMPTZ NOT NULL,

@@ -4,7 +4,7 @@ import tarfile
 
 import pytest
 
-from modelswarm import build
+from modelswarm import imagebuild as build
 
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -61,7 +61,7 @@ def test_context_is_reproducible():
 
 
 def test_node_dockerfile_installs_the_ca_bundle_and_a_minimal_server():
-    text = build.render("lab-node.Dockerfile.j2", base_image="example/base:1")
+    text = build.render("modelswarm.lab", "lab-node.Dockerfile.j2", base_image="example/base:1")
     assert text.startswith("# ") and "FROM example/base:1" in text
     assert f"COPY {build.CA_FILE_IN_CONTEXT} /usr/local/share/ca-certificates/" in text
     assert "update-ca-certificates" in text
@@ -75,4 +75,4 @@ def test_undefined_template_values_are_errors():
     import jinja2
 
     with pytest.raises(jinja2.UndefinedError):
-        build.render("lab-node.Dockerfile.j2")
+        build.render("modelswarm.lab", "lab-node.Dockerfile.j2")

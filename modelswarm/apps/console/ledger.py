@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 
-MODEL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+from modelswarm import contract
+
 RESULTS = ("succeeded", "rolled_back", "failed", "no_op")
 FIELDS = (
     "model",
@@ -45,13 +45,21 @@ class Migration:
     sql: str
 
 
+def _with_contract(sql: str) -> str:
+    """Migrations name the contract's rules as {{MODEL_NAME_PATTERN}} etc., so the database checks what the code
+    checks, from the one definition."""
+    for name in ("MODEL_NAME_PATTERN", "VERSION_PATTERN", "DIGEST_PATTERN"):
+        sql = sql.replace("{{" + name + "}}", getattr(contract, name))
+    return sql
+
+
 def migrations() -> list[Migration]:
     """The packaged migrations, in order: files named NNNN_description.sql."""
     found = []
-    for entry in resources.files("modelswarm.webconsole").joinpath("migrations").iterdir():
+    for entry in resources.files("modelswarm.apps.console").joinpath("migrations").iterdir():
         match = re.match(r"^(\d{4})_([a-z0-9_]+)\.sql$", entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+            found.append(Migration(int(match.group(1)), match.group(2), _with_contract(entry.read_text())))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
@@ -115,8 +123,8 @@ def validate(entry: object) -> dict:
     if unknown:
         errors["body"] = f"unknown field(s): {', '.join(unknown)}"
     model = entry.get("model")
-    if not isinstance(model, str) or not MODEL_NAME.match(model):
-        errors["model"] = "required: 2-40 characters, lowercase letters, digits and dashes, starting with a letter"
+    if not contract.matches(contract.MODEL_NAME_PATTERN, model):
+        errors["model"] = f"required: {contract.MODEL_NAME_RULE}"
     for field in ("to_version", "image", "actor"):
         value = entry.get(field)
         if not isinstance(value, str) or not value.strip():
@@ -128,7 +136,7 @@ def validate(entry: object) -> dict:
         if value is not None and not isinstance(value, str):
             errors[field] = "must be a string or null"
     digest = entry.get("image_digest")
-    if isinstance(digest, str) and not DIGEST.match(digest):
+    if isinstance(digest, str) and not contract.matches(contract.DIGEST_PATTERN, digest):
         errors["image_digest"] = "must look like sha256:<64 hex digits>"
     if entry.get("result") not in RESULTS:
         errors["result"] = f"required, one of {', '.join(RESULTS)}"
@@ -182,7 +190,7 @@ def get(conn, entry_id: int) -> dict | None:
 
 def history(conn, model: str | None = None, limit: int = 50) -> list[dict]:
     """Newest first; one model's or all."""
-    if model is not None and not MODEL_NAME.match(model):
+    if model is not None and not contract.matches(contract.MODEL_NAME_PATTERN, model):
         raise InvalidEntry({"model": "not a valid model name"})
     limit = max(1, min(int(limit), 1000))
     with conn.cursor() as cur:

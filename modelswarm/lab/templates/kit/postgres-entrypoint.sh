@@ -19,4 +19,4 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
   echo "postgres-entrypoint: initialised $PGDATA (database $POSTGRES_DB)"
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c jit=off "$@"

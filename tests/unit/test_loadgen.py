@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from modelswarm import load
+from modelswarm.tooling import loadgen as load
 
 HEADER = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset\n"
 

@@ -1,0 +1,133 @@
+"""The cluster contract: the names, labels, ports, limits, rules and exit codes that the Ansible roles, the
+platform's templates, the console, the model server and the CLI must agree on. Each is decided here, once.
+
+The Ansible side reads the same values from `playbooks/group_vars/all/contract.yml`, which is generated from this
+module (`python -m modelswarm.contract --write`, or `make contract`) and checked in; a unit test fails when the two
+drift. These are facts of the design, not settings: a site changes its settings in the inventory.
+
+What a deploy needs to know about one particular cluster (its registry address, its runtime image, its CA) is not
+here: the platform publishes that into the cluster at converge (see `DEPLOY_FACTS_CONFIG`), and the CLI reads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from enum import IntEnum
+from pathlib import Path
+
+# --- Names --------------------------------------------------------------------------------------------------------
+STACK = "modelswarm"  # the platform's swarm stack (service names <stack>_<service>)
+MODELS_NETWORK = "modelswarm-models"  # overlay network that model services and NGINX share
+MODEL_SERVICE_PREFIX = "model-"  # swarm service of model <name>: model-<name>
+MODEL_REPOSITORY = "models"  # images: <registry>/models/<name>:<version>
+RUNTIME_REPOSITORY = "modelswarm/python-runtime"  # the runtime image as mirrored into the cluster registry
+CONSOLE_SERVICE = "console"  # the console's name on the platform network (NGINX proxies to it)
+# The swarm config in which the platform publishes what a deploy needs (registry, network, runtime image, CA).
+DEPLOY_FACTS_CONFIG = "modelswarm_deploy_facts"
+
+# The platform services pinned to the designated leader (they keep its data: ledger, registry storage). The stack
+# pins them, and the air-gapped bundle carries their images to the leader only.
+LEADER_PINNED_SERVICES = ("console", "postgres", "registry")
+
+# --- Labels -------------------------------------------------------------------------------------------------------
+LEADER_LABEL = "modelswarm.leader"  # node label of the designated leader ("true"); pins console, PostgreSQL, registry
+LABEL_MODEL = "io.modelswarm.model"
+LABEL_VERSION = "io.modelswarm.version"
+LABEL_SOURCE_HASH = "io.modelswarm.source-hash"
+LABEL_PLATFORM = "io.modelswarm.platform"
+
+# --- Ports --------------------------------------------------------------------------------------------------------
+MODEL_PORT = 8000  # every model server listens here, inside its container
+CONSOLE_PORT = 8080
+
+# --- Rules --------------------------------------------------------------------------------------------------------
+# Unanchored, so NGINX locations and SQL CHECKs can embed them; `matches` anchors them.
+MODEL_NAME_PATTERN = r"[a-z][a-z0-9-]{0,38}[a-z0-9]"  # 2-40 chars; becomes a DNS name and a URL segment
+VERSION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # an image tag
+DIGEST_PATTERN = r"sha256:[0-9a-f]{64}"
+MODEL_NAME_RULE = (
+    "2-40 characters, lowercase letters, digits and dashes, starting with a letter and not ending with a dash "
+    "(it becomes the service name model-<name> and the URL /models/<name>/)"
+)
+VERSION_RULE = "letters, digits, '.', '_' and '-', at most 128 (it becomes the image tag)"
+
+# --- Limits -------------------------------------------------------------------------------------------------------
+DEFAULT_REPLICAS = 2
+MAX_REPLICAS = 9
+ROLLOUT_MONITOR_SECONDS = 10  # a new task must stay healthy this long before the next one is replaced
+STOP_GRACE_SECONDS = 30  # a stopping replica finishes its in-flight requests within this
+
+
+class Exit(IntEnum):
+    """Exit codes of the CLI (and of the pyinfra deploys' outcome)."""
+
+    OK = 0  # done, or already so
+    FAILED = 1  # the operation failed; the message says why
+    USAGE = 2  # bad input or bad usage; nothing was changed
+    ROLLED_BACK = 3  # the new version failed its health gate and was rolled back automatically
+    TIMED_OUT = 4  # the rollout did not finish in time
+
+
+def matches(pattern: str, value: object) -> bool:
+    """Whether `value` is a string that matches `pattern` as a whole."""
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
+
+
+def service_name(model: str) -> str:
+    return MODEL_SERVICE_PREFIX + model
+
+
+# The values the Ansible side reads, under the names it reads them by.
+ANSIBLE_VARS: dict[str, object] = {
+    "modelswarm_stack": STACK,
+    "modelswarm_models_network": MODELS_NETWORK,
+    "modelswarm_model_service_prefix": MODEL_SERVICE_PREFIX,
+    "modelswarm_model_repository": MODEL_REPOSITORY,
+    "modelswarm_runtime_repository": RUNTIME_REPOSITORY,
+    "modelswarm_console_service": CONSOLE_SERVICE,
+    "modelswarm_deploy_facts_config": DEPLOY_FACTS_CONFIG,
+    "modelswarm_leader_label": LEADER_LABEL,
+    "modelswarm_platform_label": LABEL_PLATFORM,
+    "modelswarm_model_port": MODEL_PORT,
+    "modelswarm_console_port": CONSOLE_PORT,
+    "modelswarm_model_name_pattern": MODEL_NAME_PATTERN,
+    "modelswarm_leader_pinned_services": list(LEADER_PINNED_SERVICES),
+}
+
+ANSIBLE_VARS_FILE = Path("playbooks/group_vars/all/contract.yml")
+
+
+def ansible_vars_yaml() -> str:
+    """The generated vars file: YAML that yamllint accepts, every value quoted as a string or a plain integer."""
+    import json
+
+    lines = [
+        "---",
+        "# Generated from modelswarm/contract.py by `make contract`: do not edit here; change the contract there.",
+        "# The cluster's fixed names, labels, ports and rules, shared by every role and template.",
+    ]
+    for key, value in ANSIBLE_VARS.items():
+        # JSON strings are valid YAML double-quoted scalars; integers stay integers.
+        lines.append(f"{key}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print or write the Ansible vars file generated from the contract.")
+    parser.add_argument("--write", metavar="ROOT", nargs="?", const=".", help="write it under ROOT (default .)")
+    args = parser.parse_args(argv)
+    text = ansible_vars_yaml()
+    if args.write is None:
+        sys.stdout.write(text)
+    else:
+        path = Path(args.write) / ANSIBLE_VARS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The model pipeline, once: validate -> build and push -> stage on every node -> roll out -> record.
+
+The CLI and the pyinfra deploys both call these functions; they differ only in how they parse their input and
+show the result. What the cluster is (registry, models network, endpoint mode, runtime image) comes from the deploy
+facts its platform published (`cluster.deploy_facts`); an explicit override wins over the published value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import docker
+
+from modelswarm import cluster, contract
+from modelswarm.lifecycle import ledger, modelimage, rollout
+from modelswarm.lifecycle.bundle import Bundle
+
+Report = Callable[[str], None]
+
+
+class PipelineError(ValueError):
+    """The request cannot be carried out as asked (bad input); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Explicit choices that win over what the cluster published (None: use the published value)."""
+
+    registry: str | None = None
+    runtime_image: str | None = None
+    endpoint_mode: str | None = None
+    pip_index_url: str = ""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A rollout's outcome and what became of its ledger entry."""
+
+    outcome: rollout.Outcome
+    ledger_id: int | None
+    ledger_warning: str | None
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+
+def facts(client: docker.DockerClient, overrides: Overrides = Overrides()) -> cluster.DeployFacts:
+    """The cluster's published deploy facts with the explicit overrides applied."""
+    published = cluster.deploy_facts(client)
+    chosen = {
+        "registry": overrides.registry,
+        "runtime_image": overrides.runtime_image,
+        "endpoint_mode": overrides.endpoint_mode,
+    }
+    return replace(published, **{key: value for key, value in chosen.items() if value})
+
+
+def build(
+    client: docker.DockerClient, bundle: Bundle, overrides: Overrides = Overrides()
+) -> tuple[modelimage.ModelImage, bool]:
+    """Build the bundle's image on `client`'s manager and push it, unless the registry holds it already."""
+    found = facts(client, overrides)
+    return modelimage.build_and_push(client, bundle, found.registry, found.runtime_image, overrides.pip_index_url)
+
+
+def record(inventory: cluster.Inventory, outcome: rollout.Outcome) -> Recorded:
+    """Write the outcome to the ledger; a ledger that cannot be reached is a warning, not a failed rollout."""
+    try:
+        stored = ledger.record(inventory, outcome.ledger_entry())
+    except ledger.LedgerError as exc:
+        return Recorded(outcome, None, str(exc))
+    return Recorded(outcome, stored["id"], None)
+
+
+def deploy(
+    inventory: cluster.Inventory,
+    bundle: Bundle,
+    overrides: Overrides = Overrides(),
+    timeout: float = 600,
+    report: Report = lambda line: None,
+    actor: str = "modelswarm",
+) -> Recorded:
+    """Build if needed, stage the image on every node, roll the version out health-gated, record the outcome."""
+    with cluster.manager(inventory) as client:
+        found = facts(client, overrides)
+        image, _ = modelimage.build_and_push(
+            client, bundle, found.registry, found.runtime_image, overrides.pip_index_url
+        )
+        modelimage.stage(inventory, image.reference)
+        target = rollout.Target.for_bundle(
+            bundle, image, network=found.models_network, endpoint_mode=found.endpoint_mode
+        )
+        outcome = rollout.rollout(client, target, timeout=timeout, report=report, actor=actor)
+    return record(inventory, outcome)
+
+
+def rollback(
+    inventory: cluster.Inventory,
+    name: str,
+    to: str | None = None,
+    timeout: float = 600,
+    report: Report = lambda line: None,
+    actor: str = "modelswarm",
+) -> Recorded:
+    """Return model `name` to a version the ledger recorded as good: `to`, or the newest one other than the
+    current. Raises PipelineError when the model is not deployed or no such version was recorded."""
+    entries = ledger.history(inventory, name)
+    with cluster.manager(inventory) as client:
+        service = rollout.find(client, contract.service_name(name))
+        if service is None:
+            raise PipelineError(f"model {name!r} is not deployed")
+        current = rollout.describe(service)
+        chosen = choose_rollback(entries, current["version"], to)
+        if chosen is None:
+            known = sorted({e["to_version"] for e in good_rollouts(entries)})
+            raise PipelineError(f"no recorded good rollout of {name} to {to or 'another version'}; known: {known}")
+        spec = service.attrs["Spec"]
+        repo, tag = chosen["image"].rsplit(":", 1)
+        found = modelimage.existing(client, repo, tag)  # the chosen version's own source hash, from its image
+        target = rollout.Target(
+            name=name,
+            version=chosen["to_version"],
+            image=f"{chosen['image']}@{chosen['image_digest']}",
+            source_hash=found[1] if found else "",
+            replicas=spec["Mode"]["Replicated"]["Replicas"],
+            network=cluster.deploy_facts(client).models_network,
+            endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
+        )
+        modelimage.ensure_in_registry(client, target.image)
+        modelimage.stage(inventory, target.image)
+        outcome = rollout.rollout(client, target, timeout=timeout, report=report, actor=actor)
+    return record(inventory, outcome)
+
+
+def good_rollouts(entries: list[dict]) -> list[dict]:
+    """Ledger entries (newest first) of versions that went live and whose image digest is known."""
+    return [e for e in entries if e["result"] in ("succeeded", "no_op") and e["image_digest"]]
+
+
+def choose_rollback(entries: list[dict], current_version: str | None, to: str | None) -> dict | None:
+    """The entry to roll back to: the newest good rollout of `to`, or of any version but the current one."""
+    good = good_rollouts(entries)
+    candidates = (
+        [e for e in good if e["to_version"] == to] if to else [e for e in good if e["to_version"] != current_version]
+    )
+    return candidates[0] if candidates else None
