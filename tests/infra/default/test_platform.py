@@ -151,3 +151,32 @@ def test_lab_placeholders_are_labelled_as_such(host):
         ]["ContainerSpec"]["Image"]
         labels = json.loads(host.check_output("docker image inspect %s", image.split("@")[0]))[0]["Config"]["Labels"]
         assert labels.get("io.modelswarm.placeholder") == service
+
+
+def test_the_platform_publishes_what_deploys_need(host):
+    """The deploy facts: read back from the swarm exactly as the CLI reads them; the runtime by digest is pullable."""
+    import base64
+
+    data = json.loads(host.check_output("docker config inspect modelswarm_deploy_facts"))[0]["Spec"]["Data"]
+    facts = json.loads(base64.b64decode(data))
+    registry = f"{lab_addresses()['node1']}:5000"
+    assert facts["registry"] == registry
+    assert facts["models_network"] == "modelswarm-models" and facts["endpoint_mode"] == "dnsrr"
+    assert facts["runtime_image"].startswith(f"{registry}/modelswarm/python-runtime@sha256:")
+    assert facts["ca_certificate"] == (secrets_dir() / "pki" / "ca.crt").read_text().strip()
+    node3 = testinfra.get_host("ansible://node3", ansible_inventory=inventory())
+    pulled = node3.run("docker pull %s", facts["runtime_image"])
+    assert pulled.rc == 0, pulled.stderr
+    # The mirror holds the same image the kit built (same config digest, so the same bytes).
+    local = json.loads(host.check_output("docker image inspect modelswarm/python-runtime:3.11-bookworm"))[0]["Id"]
+    assert json.loads(node3.check_output("docker image inspect %s", facts["runtime_image"]))[0]["Id"] == local
+
+
+def test_leader_pinned_images_reach_the_leader_only(host):
+    pinned = ["modelswarm/console:0.1.0", "modelswarm/lab-postgres:15-bookworm", "modelswarm/lab-registry:2.8-bookworm"]
+    everywhere = ["modelswarm/lab-nginx:1.22-bookworm", "modelswarm/placeholder-consul:lab"]
+    for node in NODES:
+        other = testinfra.get_host(f"ansible://{node}", ansible_inventory=inventory())
+        present = {image: other.run("docker image inspect %s", image).rc == 0 for image in pinned + everywhere}
+        assert all(present[image] for image in everywhere), (node, present)
+        assert all(present[image] is (node == "node1") for image in pinned), (node, present)
