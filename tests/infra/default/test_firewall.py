@@ -1,5 +1,6 @@
 """The firewall role: swarm ports open to the cluster peers only; SSH, 80 and 443 to everyone."""
 
+import re
 import socket
 
 import pytest
@@ -8,6 +9,14 @@ from tests.infra.helpers import lab_addresses
 
 testinfra_hosts = ["ansible://managers"]
 PEERS = sorted(lab_addresses().values())
+# A rule line of `ufw status [verbose]`: "To", the action ("ALLOW", verbose "ALLOW IN"), "From". In verbose output a
+# rule made through an application profile shows once per port: "2377/tcp (modelswarm-swarm)  ALLOW IN  <peer>".
+RULE = re.compile(r"^(?P<to>\S+(?: \([^)]*\))?)\s+(?:ALLOW|DENY|REJECT|LIMIT)(?: IN)?\s+(?P<source>\S+)")
+
+
+def ufw_rules(host, verbose=False) -> list[tuple[str, str]]:
+    status = host.check_output("ufw status verbose" if verbose else "ufw status")
+    return [(m["to"], m["source"]) for m in map(RULE.match, status.splitlines()) if m]
 
 
 def test_ufw_is_active_and_denies_by_default(host):
@@ -18,8 +27,13 @@ def test_ufw_is_active_and_denies_by_default(host):
 
 @pytest.mark.parametrize("port", ["2377/tcp", "7946/tcp", "7946/udp", "4789/udp"])
 def test_swarm_port_allowed_from_each_peer_only(host, port):
-    rules = [line for line in host.check_output("ufw status").splitlines() if line.startswith(port + " ")]
-    sources = sorted(line.split()[2] for line in rules)
+    # Every rule that opens the port, through the profile or not: one per peer, and none from anywhere else.
+    sources = sorted(source for to, source in ufw_rules(host, verbose=True) if to.split()[0] == port)
+    assert sources == PEERS
+
+
+def test_one_profile_rule_per_peer(host):
+    sources = sorted(source for to, source in ufw_rules(host) if to == "modelswarm-swarm")
     assert sources == PEERS
 
 
