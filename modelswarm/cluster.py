@@ -226,13 +226,7 @@ def parse_deploy_facts(encoded: str) -> DeployFacts:
             f"the swarm config {contract.DEPLOY_FACTS_CONFIG} lacks {', '.join(missing)}: "
             "run playbooks/site.yml again (the platform role writes it)"
         )
-    return DeployFacts(
-        registry=data["registry"],
-        models_network=data["models_network"],
-        endpoint_mode=data["endpoint_mode"],
-        runtime_image=data["runtime_image"],
-        ca_certificate=data.get("ca_certificate", ""),
-    )
+    return DeployFacts(**{key: data[key] for key in DeployFacts.FIELDS}, ca_certificate=data.get("ca_certificate", ""))
 
 
 def deploy_facts(client: docker.DockerClient) -> DeployFacts:

@@ -61,7 +61,12 @@ def build(
     client: docker.DockerClient, bundle: Bundle, overrides: Overrides = Overrides()
 ) -> tuple[modelimage.ModelImage, bool]:
     """Build the bundle's image on `client`'s manager and push it, unless the registry holds it already."""
-    found = facts(client, overrides)
+    return _build_on(client, bundle, facts(client, overrides), overrides)
+
+
+def _build_on(
+    client: docker.DockerClient, bundle: Bundle, found: cluster.DeployFacts, overrides: Overrides
+) -> tuple[modelimage.ModelImage, bool]:
     return modelimage.build_and_push(client, bundle, found.registry, found.runtime_image, overrides.pip_index_url)
 
 
@@ -85,9 +90,7 @@ def deploy(
     """Build if needed, stage the image on every node, roll the version out health-gated, record the outcome."""
     with cluster.manager(inventory) as client:
         found = facts(client, overrides)
-        image, _ = modelimage.build_and_push(
-            client, bundle, found.registry, found.runtime_image, overrides.pip_index_url
-        )
+        image, _ = _build_on(client, bundle, found, overrides)
         modelimage.stage(inventory, image.reference)
         target = rollout.Target.for_bundle(
             bundle, image, network=found.models_network, endpoint_mode=found.endpoint_mode
