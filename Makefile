@@ -90,7 +90,8 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile), playbook syntax
 	ansible-playbook -i inventory/production --syntax-check playbooks/*.yml
 
 .PHONY: unit
-unit: venv ## Unit tests (no Docker needed).
+unit: venv ## Unit tests (no Docker needed; real PostgreSQL and NGINX on loopback, installed if missing).
+	@bash scripts/test-packages.sh
 	pytest tests/unit
 
 .PHONY: molecule

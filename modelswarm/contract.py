@@ -53,6 +53,23 @@ MODEL_NAME_RULE = (
 )
 VERSION_RULE = "letters, digits, '.', '_' and '-', at most 128 (it becomes the image tag)"
 
+# --- Access control -----------------------------------------------------------------------------------------------
+# An API key: "msk_<id>_<secret>", id 12 hex digits (the lookup handle, shown in listings), secret 32 random bytes
+# (URL-safe base64, 43 characters). Only its SHA-256 digest is stored; NGINX and the console check it by digest.
+API_KEY_PREFIX = "msk"
+API_KEY_ID_PATTERN = r"[0-9a-f]{12}"
+API_KEY_PATTERN = r"msk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}"
+# Names of keys and console users (one person or pipeline, one name); they appear in the ledger and NGINX's map.
+PRINCIPAL_NAME_PATTERN = r"[a-z][a-z0-9._-]{1,39}"
+PRINCIPAL_NAME_RULE = "2-40 characters: lowercase letters, digits, '.', '_' and '-', starting with a letter"
+# Roles, weakest first; each includes every right of the ones before it (all of them may predict).
+ROLES = ("predict", "viewer", "deploy", "admin")
+# The keys the converge makes for the controller (files <secrets dir>/keys/<name>.key, 0600) and the first user.
+CONTROLLER_ADMIN_KEY = "controller-admin"
+CONTROLLER_DEPLOY_KEY = "controller-deploy"
+FIRST_ADMIN_USER = "admin"
+API_KEY_ENV = "MODELSWARM_API_KEY"  # a key given to the CLI or pyinfra (CI); wins over the controller's files
+
 # --- Limits -------------------------------------------------------------------------------------------------------
 DEFAULT_REPLICAS = 2
 MAX_REPLICAS = 9
@@ -75,6 +92,11 @@ def matches(pattern: str, value: object) -> bool:
     return isinstance(value, str) and re.fullmatch(pattern, value) is not None
 
 
+def role_includes(role: str, needed: str) -> bool:
+    """Whether `role` has the rights of `needed` (roles are ordered, each including the ones before it)."""
+    return role in ROLES and needed in ROLES and ROLES.index(role) >= ROLES.index(needed)
+
+
 def service_name(model: str) -> str:
     return MODEL_SERVICE_PREFIX + model
 
@@ -94,6 +116,11 @@ ANSIBLE_VARS: dict[str, object] = {
     "modelswarm_console_port": CONSOLE_PORT,
     "modelswarm_model_name_pattern": MODEL_NAME_PATTERN,
     "modelswarm_leader_pinned_services": list(LEADER_PINNED_SERVICES),
+    "modelswarm_api_key_prefix": API_KEY_PREFIX,
+    "modelswarm_principal_name_pattern": PRINCIPAL_NAME_PATTERN,
+    "modelswarm_roles": list(ROLES),
+    "modelswarm_controller_keys": {CONTROLLER_ADMIN_KEY: "admin", CONTROLLER_DEPLOY_KEY: "deploy"},
+    "modelswarm_first_admin_user": FIRST_ADMIN_USER,
 }
 
 ANSIBLE_VARS_FILE = Path("playbooks/group_vars/all/contract.yml")
