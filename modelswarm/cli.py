@@ -13,7 +13,8 @@ import sys
 
 import docker.errors
 
-from modelswarm import lab
+from modelswarm import contract, lab
+from modelswarm.apiclient import Api, ApiError, CredentialsMissing
 from modelswarm.contract import Exit
 from modelswarm.imagebuild import BuildError
 from modelswarm.tooling.progress import err, out, progress
@@ -148,7 +149,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     bundle = bundles.load_bundle(args.bundle)
     recorded = pipeline.deploy(
-        _inventory(args), bundle, _overrides(args), timeout=args.timeout, report=progress, actor=args.actor
+        _inventory(args), bundle, _overrides(args), timeout=args.timeout, report=progress, note=args.note
     )
     return _show(args, recorded)
 
@@ -157,7 +158,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from modelswarm.lifecycle import pipeline
 
     recorded = pipeline.rollback(
-        _inventory(args), args.name, args.to, timeout=args.timeout, report=progress, actor=args.actor
+        _inventory(args), args.name, args.to, timeout=args.timeout, report=progress, note=args.note
     )
     return _show(args, recorded)
 
@@ -202,11 +203,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         err.print(f"error: DATA is not JSON: {exc}")
         return Exit.USAGE
     inventory = cluster.read_inventory(args.inventory)
+    api = Api.for_inventory(inventory, "predict")
     hosts = [inventory.hosts[args.node]] if args.node else inventory.managers
     for host in hosts:
-        url = f"http://{host.address}/models/{args.name}/predict"
+        url = f"{api.base(host)}/models/{args.name}/predict"
         try:
-            response = requests.post(url, json=payload, timeout=30)
+            response = requests.post(url, json=payload, timeout=30, headers=api.headers, verify=api.verify or True)
         except requests.RequestException as exc:
             progress(f"{host.name}: {exc.__class__.__name__}; trying the next node")
             continue
@@ -218,6 +220,82 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return Exit.OK if response.status_code == 200 else Exit.FAILED
     err.print("error: no node answered")
     return Exit.FAILED
+
+
+# ------------------------------------------------------------------------------------------- access control
+
+
+def _wait_on_nodes(api: Api, version: int, probe_key: str | None = None) -> None:
+    """Keys are checked by NGINX on every node: wait (at most 10 s) until each one has the change."""
+    nodes = api.wait_for_grants(version, probe_key)
+    late = [name for name, ready in nodes.items() if not ready]
+    if late:
+        raise ApiError(f"the change is stored, but not yet in force on {', '.join(late)} after 10 s")
+    progress(f"in force on every node ({', '.join(nodes)})")
+
+
+def _print_secret(args: argparse.Namespace, payload: dict, secret_field: str, what: str) -> None:
+    """The secret alone on the last line of stdout (shown once, never again); the rest on stderr."""
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return
+    details = {k: v for k, v in payload.items() if k != secret_field}
+    err.print(f"{what}: {json.dumps(details)}  (shown once: store it now)", highlight=False)
+    print(payload[secret_field])
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    api = Api.for_inventory(_inventory(args), "admin")
+    if args.keys_command == "create":
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        body = {"name": args.name, "role": args.role, "models": models}
+        created = api.call("POST", "/api/keys", expected=(201,), json=body).json()
+        _wait_on_nodes(api, created["grants_version"], created["key"])
+        _print_secret(args, created, "key", f"key for {args.name}")
+    elif args.keys_command == "rotate":
+        rotated = api.call("POST", f"/api/keys/{args.name}/rotate").json()
+        _wait_on_nodes(api, rotated["grants_version"], rotated["key"])
+        _print_secret(args, rotated, "key", f"new key for {args.name} (the old one no longer works)")
+    elif args.keys_command == "revoke":
+        revoked = api.call("DELETE", f"/api/keys/{args.name}").json()
+        _wait_on_nodes(api, revoked["grants_version"])
+        _emit(args, revoked, f"revoked {args.name}'s key {revoked['key_id']} on every node")
+    else:
+        keys = api.call("GET", "/api/keys", params={"all": "1" if args.all else "0"}).json()
+        if args.json:
+            print(json.dumps(keys, indent=2))
+            return Exit.OK
+        from rich.table import Table
+
+        table = Table(title="API keys" + (" (with revoked)" if args.all else ""))
+        for column in ("name", "role", "models", "id", "created", "by", "revoked"):
+            table.add_column(column)
+        for k in keys:
+            table.add_row(
+                k["name"], k["role"], ",".join(k["models"] or ["*"]), k["key_id"], k["created_at"], k["created_by"],
+                k["revoked_at"] or "",
+            )  # fmt: skip
+        out.print(table)
+        out.print(f"roles, weakest first (each includes the ones before): {', '.join(contract.ROLES)}")
+    return Exit.OK
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    api = Api.for_inventory(_inventory(args), "admin")
+    if args.users_command == "create":
+        created = api.call("POST", "/api/users", expected=(201,), json={"name": args.name, "role": args.role}).json()
+        _print_secret(args, created, "password", f"user {args.name}")
+    elif args.users_command == "password":
+        reset = api.call("POST", f"/api/users/{args.name}/password").json()
+        _print_secret(args, reset, "password", f"new password for {args.name} (their sessions ended)")
+    elif args.users_command == "disable":
+        _emit(args, api.call("DELETE", f"/api/users/{args.name}").json(), f"disabled {args.name}")
+    else:
+        users = api.call("GET", "/api/users").json()
+        lines = [f"{u['name']}  {u['role']}  created {u['created_at']}" + (" DISABLED" if u["disabled_at"] else "")
+                 for u in users]  # fmt: skip
+        _emit(args, users, "\n".join(lines))
+    return Exit.OK
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -317,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     def rollout_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the rollout (default 600)")
         p.add_argument(
-            "--actor",
-            default=os.environ.get("MODELSWARM_ACTOR", os.environ.get("USER", "modelswarm")),
-            help="who is rolling out, for the ledger (default: $MODELSWARM_ACTOR or $USER)",
+            "--note",
+            default=os.environ.get("MODELSWARM_NOTE", ""),
+            help="free text for the ledger, e.g. a CI job URL ($MODELSWARM_NOTE); the actor is the API key's name",
         )
 
     def endpoint_option(p: argparse.ArgumentParser) -> None:
@@ -365,6 +443,42 @@ def build_parser() -> argparse.ArgumentParser:
     cluster_options(predict)
     predict.set_defaults(func=cmd_predict)
 
+    keys = sub.add_parser(
+        "keys",
+        help="API keys: create, list, rotate, revoke (with the controller's admin key, or an admin key in "
+        "$MODELSWARM_API_KEY)",
+        description="A key is checked by NGINX on every node; create, rotate and revoke return once every node "
+        "has the change (at most 10 s). A new key is printed once, alone on the last line of stdout.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="a new key for NAME (one person or pipeline)")
+    create.add_argument("name")
+    create.add_argument("--role", default="predict", choices=contract.ROLES)
+    create.add_argument("--models", help="comma-separated models the key may predict with (default: all)")
+    listing = keys_sub.add_parser("list", help="names, roles, models and dates (never a key)")
+    listing.add_argument("--all", action="store_true", help="also revoked keys")
+    rotate = keys_sub.add_parser("rotate", help="a new key for NAME; the old one stops working")
+    rotate.add_argument("name")
+    revoke = keys_sub.add_parser("revoke", help="NAME's key stops working on every node")
+    revoke.add_argument("name")
+    for p in (create, listing, rotate, revoke):
+        cluster_options(p)
+    keys.set_defaults(func=cmd_keys)
+
+    users = sub.add_parser("users", help="console users: create, list, password, disable (admin)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    ucreate = users_sub.add_parser("create", help="a new user; a generated password is printed once")
+    ucreate.add_argument("name")
+    ucreate.add_argument("--role", default="viewer", choices=contract.USER_ROLES)
+    ulist = users_sub.add_parser("list")
+    upassword = users_sub.add_parser("password", help="a new generated password; the user's sessions end")
+    upassword.add_argument("name")
+    udisable = users_sub.add_parser("disable", help="the user can no longer sign in; sessions end")
+    udisable.add_argument("name")
+    for p in (ucreate, ulist, upassword, udisable):
+        cluster_options(p)
+    users.set_defaults(func=cmd_users)
+
     load = sub.add_parser(
         "load",
         help="send bounded prediction load with hey; report failures by kind, p50/p99/max and failures per second",
@@ -391,10 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BundleError, ImageMissing, PipelineError) as exc:
+    except (BundleError, ImageMissing, PipelineError, CredentialsMissing) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return Exit.USAGE
-    except (lab.LabError, BuildError, docker.errors.DockerException, RuntimeError) as exc:
+    except (lab.LabError, BuildError, docker.errors.DockerException, ApiError, RuntimeError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return Exit.FAILED
     except KeyboardInterrupt:

@@ -64,6 +64,7 @@ PRINCIPAL_NAME_PATTERN = r"[a-z][a-z0-9._-]{1,39}"
 PRINCIPAL_NAME_RULE = "2-40 characters: lowercase letters, digits, '.', '_' and '-', starting with a letter"
 # Roles, weakest first; each includes every right of the ones before it (all of them may predict).
 ROLES = ("predict", "viewer", "deploy", "admin")
+USER_ROLES = ROLES[1:]  # console users sign in to see the cluster: a predict-only person needs a key, not a login
 # The keys the converge makes for the controller (files <secrets dir>/keys/<name>.key, 0600) and the first user.
 CONTROLLER_ADMIN_KEY = "controller-admin"
 CONTROLLER_DEPLOY_KEY = "controller-deploy"

@@ -1,5 +1,6 @@
 """Roll a model version out (building it first if needed), health-gated, with automatic rollback; recorded in the
-console's ledger. Fails (exit 1) unless the version serves on every replica.
+console's ledger under the API key's name ($MODELSWARM_API_KEY, else the controller's deploy key), with
+$MODELSWARM_NOTE as its note (e.g. a CI job URL). Fails (exit 1) unless the version serves on every replica.
 
     pyinfra -y pyinfra_deploys/inventory.py pyinfra_deploys/rollout_model.py --data bundle=examples/models/iris
 """
@@ -18,5 +19,5 @@ if "leader" in host.groups:
     model_service(
         name=f"Roll out {host.data.bundle}",
         bundle_path=host.data.bundle,
-        actor=os.environ.get("MODELSWARM_ACTOR", "pyinfra"),
+        note=os.environ.get("MODELSWARM_NOTE", ""),
     )

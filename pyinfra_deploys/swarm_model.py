@@ -16,6 +16,7 @@ from pyinfra.api import FactBase, FunctionCommand, operation
 from pyinfra.api.exceptions import OperationError
 
 from modelswarm import cluster, contract
+from modelswarm.apiclient import Api, CredentialsMissing
 from modelswarm.lifecycle import modelimage, pipeline
 from modelswarm.lifecycle.bundle import load_bundle
 
@@ -73,9 +74,9 @@ def _build(bundle_path: str, inventory_path: str, overrides: pipeline.Overrides)
         pipeline.build(client, load_bundle(bundle_path), overrides)
 
 
-def _deploy(bundle_path: str, inventory_path: str, overrides: pipeline.Overrides, timeout: float, actor: str) -> None:
+def _deploy(bundle_path: str, inventory_path: str, overrides: pipeline.Overrides, timeout: float, note: str) -> None:
     inventory = cluster.read_inventory(inventory_path)
-    recorded = pipeline.deploy(inventory, load_bundle(bundle_path), overrides, timeout=timeout, actor=actor)
+    recorded = pipeline.deploy(inventory, load_bundle(bundle_path), overrides, timeout=timeout, note=note)
     if recorded.ledger_warning:
         print(f"warning: {recorded.ledger_warning}")
     outcome = recorded.outcome
@@ -106,9 +107,14 @@ def model_image(bundle_path: str, runtime_image: str | None = None, registry: st
 
 
 @operation()
-def model_service(bundle_path: str, runtime_image: str | None = None, timeout: float = 600, actor: str = "pyinfra"):
-    """Roll the bundle's version out, unless its service already runs exactly it, converged."""
+def model_service(bundle_path: str, runtime_image: str | None = None, timeout: float = 600, note: str = ""):
+    """Roll the bundle's version out, unless its service already runs exactly it, converged. The ledger records the
+    API key's name ($MODELSWARM_API_KEY, else the controller's deploy key) as the actor, and `note` beside it."""
     bundle = load_bundle(bundle_path)
+    try:
+        Api.for_inventory(cluster.read_inventory(_inventory_path()), "deploy")  # no key: stop before any change
+    except CredentialsMissing as exc:
+        raise OperationError(str(exc)) from None
     current = host.get_fact(SwarmService, service=bundle.service)
     if current:
         labels = current["Spec"].get("Labels") or {}
@@ -120,4 +126,4 @@ def model_service(bundle_path: str, runtime_image: str | None = None, timeout: f
             host.noop(f"{bundle.service} already runs {bundle.version}")
             return
     overrides = pipeline.Overrides(runtime_image=runtime_image)
-    yield FunctionCommand(_deploy, (bundle_path, _inventory_path(), overrides, timeout, actor), {})
+    yield FunctionCommand(_deploy, (bundle_path, _inventory_path(), overrides, timeout, note), {})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import docker
 
 from modelswarm import cluster, contract
+from modelswarm.apiclient import Api
 from modelswarm.lifecycle import ledger, modelimage, rollout
 from modelswarm.lifecycle.bundle import Bundle
 
@@ -70,10 +71,10 @@ def _build_on(
     return modelimage.build_and_push(client, bundle, found.registry, found.runtime_image, overrides.pip_index_url)
 
 
-def record(inventory: cluster.Inventory, outcome: rollout.Outcome) -> Recorded:
+def record(api: Api, outcome: rollout.Outcome) -> Recorded:
     """Write the outcome to the ledger; a ledger that cannot be reached is a warning, not a failed rollout."""
     try:
-        stored = ledger.record(inventory, outcome.ledger_entry())
+        stored = ledger.record(api, outcome.ledger_entry())
     except ledger.LedgerError as exc:
         return Recorded(outcome, None, str(exc))
     return Recorded(outcome, stored["id"], None)
@@ -85,9 +86,14 @@ def deploy(
     overrides: Overrides = Overrides(),
     timeout: float = 600,
     report: Report = lambda line: None,
-    actor: str = "modelswarm",
+    note: str = "",
+    api: Api | None = None,
 ) -> Recorded:
-    """Build if needed, stage the image on every node, roll the version out health-gated, record the outcome."""
+    """Build if needed, stage the image on every node, roll the version out health-gated, record the outcome.
+
+    The ledger's credentials are looked up first (default: the controller's deploy key), so that a missing key
+    stops the deploy before anything changes (CredentialsMissing)."""
+    api = api or Api.for_inventory(inventory, "deploy")
     with cluster.manager(inventory) as client:
         found = facts(client, overrides)
         image, _ = _build_on(client, bundle, found, overrides)
@@ -95,8 +101,8 @@ def deploy(
         target = rollout.Target.for_bundle(
             bundle, image, network=found.models_network, endpoint_mode=found.endpoint_mode
         )
-        outcome = rollout.rollout(client, target, timeout=timeout, report=report, actor=actor)
-    return record(inventory, outcome)
+        outcome = rollout.rollout(client, target, timeout=timeout, report=report, note=note)
+    return record(api, outcome)
 
 
 def rollback(
@@ -105,11 +111,13 @@ def rollback(
     to: str | None = None,
     timeout: float = 600,
     report: Report = lambda line: None,
-    actor: str = "modelswarm",
+    note: str = "",
+    api: Api | None = None,
 ) -> Recorded:
     """Return model `name` to a version the ledger recorded as good: `to`, or the newest one other than the
     current. Raises PipelineError when the model is not deployed or no such version was recorded."""
-    entries = ledger.history(inventory, name)
+    api = api or Api.for_inventory(inventory, "deploy")
+    entries = ledger.history(api, name)
     with cluster.manager(inventory) as client:
         service = rollout.find(client, contract.service_name(name))
         if service is None:
@@ -133,8 +141,8 @@ def rollback(
         )
         modelimage.ensure_in_registry(client, target.image)
         modelimage.stage(inventory, target.image)
-        outcome = rollout.rollout(client, target, timeout=timeout, report=report, actor=actor)
-    return record(inventory, outcome)
+        outcome = rollout.rollout(client, target, timeout=timeout, report=report, note=note)
+    return record(api, outcome)
 
 
 def good_rollouts(entries: list[dict]) -> list[dict]:

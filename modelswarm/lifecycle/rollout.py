@@ -76,7 +76,7 @@ class Outcome:
     message: str
     started_at: str
     finished_at: str
-    actor: str = "modelswarm"
+    note: str = ""  # the caller's free text for the ledger (e.g. a CI job URL); the actor is the key's name
 
     @property
     def exit_code(self) -> int:
@@ -205,7 +205,7 @@ def rollout(
     target: Target,
     timeout: float = 600,
     report: Callable[[str], None] = print,
-    actor: str = "modelswarm",
+    note: str = "",
 ) -> Outcome:
     """Create or update the model's service to `target` and wait for the outcome."""
     started = _now()
@@ -217,7 +217,7 @@ def rollout(
         if running == target.replicas and before["update_state"] in (None, "completed"):
             return Outcome(
                 target.name, before["version"], target.version, target.image, digest, "no_op",
-                f"{target.service} already runs {target.version} on {running} replicas", started, _now(), actor,
+                f"{target.service} already runs {target.version} on {running} replicas", started, _now(), note,
             )  # fmt: skip
     # Refuse an image the registry does not hold before the service is touched (raises modelimage.ImageMissing).
     modelimage.ensure_in_registry(client, target.image)
@@ -233,10 +233,10 @@ def rollout(
     except docker.errors.APIError as exc:
         return Outcome(
             target.name, before and before["version"], target.version, target.image, digest, "failed",
-            f"the swarm refused the service spec: {exc.explanation or exc}", started, _now(), actor,
+            f"the swarm refused the service spec: {exc.explanation or exc}", started, _now(), note,
         )  # fmt: skip
     result, message = wait(client, service.id, target.replicas, timeout, target.monitor_seconds, report)
     return Outcome(
         target.name, before and before["version"], target.version, target.image, digest, result, message,
-        started, _now(), actor,
+        started, _now(), note,
     )  # fmt: skip

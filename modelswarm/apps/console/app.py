@@ -1,69 +1,139 @@
-"""The console: a WSGI app (run by gunicorn) on the leader.
+"""The console: a WSGI app (run by gunicorn) on the leader. Who may call what (roles are ordered; see the contract):
 
-  GET  /                      HTML: nodes, services, models (version, replicas, health), recent rollouts
-  GET  /healthz               200 when PostgreSQL answers and the schema is migrated, else 503
-  GET  /api/cluster           nodes and services, from the Docker API (the leader is a manager)
-  GET  /api/models            model services: version, image, replicas running/desired, update state
-  POST /api/rollouts          record one rollout in the ledger (JSON) -> 201, or 400 with one message per field
-  GET  /api/rollouts          ledger, newest first (?model=NAME&limit=N)
-  GET  /api/rollouts/<id>     one ledger entry
+  GET  /healthz                      anyone   200 when PostgreSQL answers and the schema is migrated, else 503
+  GET  /login, POST /login           anyone   sign-in form (CSRF-protected) -> session cookie
+  POST /logout                       user     end the session (CSRF-protected)
+  GET  /                             viewer   HTML: nodes, services, models, recent rollouts (browsers: signed in)
+  GET  /api/whoami                   predict  the caller's name, role and kind
+  GET  /api/cluster                  viewer   nodes and services, from the Docker API (the leader is a manager)
+  GET  /api/models                   viewer   model services: version, image, replicas running/desired, update state
+  GET  /api/rollouts[/<id>]          viewer   ledger, newest first (?model=NAME&limit=N), or one entry
+  POST /api/rollouts                 deploy   record one rollout; its actor is the caller, never the body
+  GET/POST /api/keys                 admin    list keys (never a key or digest) / create one (the key is in the answer)
+  DELETE /api/keys/<name>            admin    revoke; POST /api/keys/<name>/rotate: a new key, the old one revoked
+  GET/POST /api/users                admin    list / create console users (a generated password is in the answer)
+  DELETE /api/users/<name>           admin    disable; POST /api/users/<name>/password: a new password
+  GET  /internal/grants              NGINX    every working key's digest and grant, as an NGINX map (a shared token)
 
-Settings (environment): PGHOST, PGPORT, PGUSER, PGDATABASE, MODELSWARM_DB_PASSWORD_FILE (a docker secret),
-DOCKER_HOST (default: the mounted socket).
+Callers identify with an API key (`Authorization: Bearer <key>`, or HTTP Basic with the key's name and the key) or
+a session cookie; a session's unsafe requests also need its CSRF token (form field `csrf` or header X-CSRF-Token).
+Identity is checked before anything in the body is read: no identity -> 401, too little role -> 403.
+
+Settings (environment), each secret a file (docker secrets): PGHOST, PGPORT, PGDATABASE, PGUSER (the owner, used only
+to migrate), MODELSWARM_DB_PASSWORD_FILE; the application role's password MODELSWARM_APP_DB_PASSWORD_FILE (requests
+run as `console_app`); MODELSWARM_BOOTSTRAP_KEYS_FILE and MODELSWARM_ADMIN_PASSWORD_FILE (what the converge hands
+over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); DOCKER_HOST (default: the mounted socket).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs, quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from modelswarm import contract
-from modelswarm.apps.console import ledger
+from modelswarm.apps.console import accounts, ledger
+from modelswarm.apps.console.accounts import Identity
 
 MAX_BODY = 64 * 1024
+SESSION_COOKIE = "modelswarm_session"
+LOGIN_CSRF_COOKIE = "modelswarm_login_csrf"
+APP_DB_ROLE = "console_app"
+CHALLENGE = 'Bearer realm="modelswarm", Basic realm="modelswarm"'
 
 _pages = Environment(loader=PackageLoader("modelswarm.apps.console", "templates"), autoescape=select_autoescape())
-_migrated = False
+_prepared = False
 
 
 class HTTPError(Exception):
-    def __init__(self, status: HTTPStatus, message: str, details: dict | None = None):
+    def __init__(self, status: HTTPStatus, message: str, details: dict | None = None, headers: list | None = None):
         super().__init__(message)
-        self.status, self.message, self.details = status, message, details
+        self.status, self.message, self.details, self.headers = status, message, details, headers or []
+
+
+@dataclass
+class Response:
+    """What a handler answers besides a JSON payload or a page: a redirect, cookies."""
+
+    status: HTTPStatus
+    payload: object = None
+    headers: list[tuple[str, str]] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ backends
 
 
-def db_connect():
+def _secret(env: str, default: str, required: bool = True) -> str | None:
+    path = os.environ.get(env, default)
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        if not required:
+            return None
+        raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, f"secret {os.path.basename(path)} unreadable: {exc}") from exc
+
+
+# Who connects with which secret: the owner (PGUSER) only migrates; requests run as the application role.
+DB_LOGINS = {
+    "owner": ("MODELSWARM_DB_PASSWORD_FILE", "/run/secrets/console_db_password"),
+    APP_DB_ROLE: ("MODELSWARM_APP_DB_PASSWORD_FILE", "/run/secrets/console_app_db_password"),
+}
+
+
+def db_connect(login: str = "owner"):
     import psycopg2
 
-    password_file = os.environ.get("MODELSWARM_DB_PASSWORD_FILE", "/run/secrets/console_db_password")
+    password = _secret(*DB_LOGINS[login])
     try:
-        with open(password_file) as handle:
-            password = handle.read().strip()
-    except OSError as exc:
-        raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, f"database password file unreadable: {exc}") from exc
-    try:
-        return psycopg2.connect(password=password, connect_timeout=3)
+        return psycopg2.connect(password=password, connect_timeout=3, **({} if login == "owner" else {"user": login}))
     except psycopg2.OperationalError as exc:
         raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, f"database unavailable: {str(exc).strip()}") from exc
 
 
-def with_db(work: Callable):
-    """Run `work(conn)` on a migrated database; the connection lives for one request."""
-    global _migrated
+def prepare_database() -> None:
+    """Once per process, as the owner: migrate, give the application role its password, take over what the
+    converge handed over (the controller's keys, the first admin). Requests then run as the application role."""
     conn = db_connect()
     try:
-        if not _migrated:
-            ledger.migrate(conn)
-            _migrated = True
+        ledger.migrate(conn)
+        app_password = _secret(*DB_LOGINS[APP_DB_ROLE])
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (ledger.MIGRATION_LOCK,))
+            try:
+                # psycopg2 quotes the password as a literal; the statement is not logged by this app.
+                cur.execute(f"ALTER ROLE {APP_DB_ROLE} LOGIN PASSWORD %s", (app_password,))
+                conn.commit()
+                accounts.bootstrap(
+                    conn,
+                    _secret("MODELSWARM_BOOTSTRAP_KEYS_FILE", "/run/secrets/console_bootstrap_keys", required=False),
+                    _secret("MODELSWARM_ADMIN_PASSWORD_FILE", "/run/secrets/console_admin_password", required=False),
+                )
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (ledger.MIGRATION_LOCK,))
+                conn.commit()
+    finally:
+        conn.close()
+
+
+def with_db(work: Callable):
+    """Run `work(conn)` as the application role on a prepared database; the connection lives for one request."""
+    global _prepared
+    if not _prepared:
+        prepare_database()
+        _prepared = True
+    conn = db_connect(APP_DB_ROLE)
+    try:
         return work(conn)
     finally:
         conn.close()
@@ -124,10 +194,56 @@ def models(state: dict) -> list[dict]:
     return [s for s in state["services"] if s["name"].startswith(contract.MODEL_SERVICE_PREFIX)]
 
 
+# ------------------------------------------------------------------------------------------------ identity
+
+
+def cookies(environ) -> dict[str, str]:
+    jar = SimpleCookie()
+    try:
+        jar.load(environ.get("HTTP_COOKIE", ""))
+    except CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def identify(environ) -> Identity | None:
+    """The caller: an API key (Authorization) if one is sent, else a session cookie; None if neither is valid."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    if header is not None:
+        credentials = accounts.parse_authorization(header)
+        return with_db(lambda conn: accounts.key_identity(conn, credentials)) if credentials else None
+    token = cookies(environ).get(SESSION_COOKIE)
+    return with_db(lambda conn: accounts.session_identity(conn, token)) if token else None
+
+
+def wants_html(environ) -> bool:
+    return "text/html" in environ.get("HTTP_ACCEPT", "") and "HTTP_AUTHORIZATION" not in environ
+
+
+def plain_http(environ) -> bool:
+    """Whether the browser reached NGINX over plain HTTP (NGINX sets X-Forwarded-Proto)."""
+    return environ.get("HTTP_X_FORWARDED_PROTO", "https") == "http"
+
+
+def check_csrf(environ, identity: Identity, form: dict[str, str] | None = None) -> None:
+    """A session's unsafe requests carry its CSRF token (form field or header); key callers have no cookie to abuse."""
+    if identity.kind != "user":
+        return
+    sent = (form or {}).get("csrf") or environ.get("HTTP_X_CSRF_TOKEN", "")
+    if not identity.csrf_token or not hmac.compare_digest(sent.encode(), identity.csrf_token.encode()):
+        raise HTTPError(HTTPStatus.FORBIDDEN, "missing or wrong CSRF token: reload the page and try again")
+
+
+def grants_token_ok(environ) -> bool:
+    expected = _secret("MODELSWARM_GRANTS_TOKEN_FILE", "/run/secrets/nginx_grants_token", required=False)
+    sent = environ.get("HTTP_AUTHORIZATION", "")
+    return bool(expected) and hmac.compare_digest(sent.encode(), f"Bearer {expected}".encode())
+
+
 # ------------------------------------------------------------------------------------------------ handlers
 
 
-def health(_environ) -> tuple[HTTPStatus, dict]:
+def health(_environ, _identity) -> tuple[HTTPStatus, dict]:
     def probe(conn):
         with conn.cursor() as cur:
             cur.execute("SELECT max(version) FROM schema_migrations")
@@ -140,38 +256,56 @@ def health(_environ) -> tuple[HTTPStatus, dict]:
     return HTTPStatus.OK, {"status": "ok", "database": "ok", "schema_version": version}
 
 
-def read_json(environ) -> object:
-    if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
-        raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the entry as JSON (Content-Type: application/json)")
+def read_body(environ, content_type: str) -> bytes:
+    if not environ.get("CONTENT_TYPE", "").startswith(content_type):
+        raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send it as {content_type} (Content-Type)")
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError as exc:
         raise HTTPError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from exc
     if length > MAX_BODY:
         raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
-    body = environ["wsgi.input"].read(length)
+    return environ["wsgi.input"].read(length)
+
+
+def read_json(environ) -> object:
+    body = read_body(environ, "application/json")
     try:
         return json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise HTTPError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {exc}") from exc
 
 
-def post_rollout(environ) -> tuple[HTTPStatus, dict]:
+def read_form(environ) -> dict[str, str]:
+    body = read_body(environ, "application/x-www-form-urlencoded")
+    try:
+        return {k: v[-1] for k, v in parse_qs(body.decode(), max_num_fields=20).items()}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, f"malformed form: {exc}") from exc
+
+
+def json_object(environ) -> dict:
+    body = read_json(environ)
+    if not isinstance(body, dict):
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "expected a JSON object")
+    return body
+
+
+def post_rollout(environ, identity: Identity) -> tuple[HTTPStatus, dict]:
+    check_csrf(environ, identity)
     entry = read_json(environ)
     try:
         ledger.validate(entry)  # fail on bad input before touching the database
     except ledger.InvalidEntry as exc:
         raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid ledger entry", exc.errors) from exc
-    return HTTPStatus.CREATED, with_db(lambda conn: ledger.record(conn, entry))
+    return HTTPStatus.CREATED, with_db(lambda conn: ledger.record(conn, entry, identity.name, identity.kind))
 
 
 def query(environ) -> dict[str, str]:
-    from urllib.parse import parse_qs
-
     return {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
 
-def list_rollouts(environ) -> tuple[HTTPStatus, object]:
+def list_rollouts(environ, _identity) -> tuple[HTTPStatus, object]:
     params = query(environ)
     try:
         limit = int(params.get("limit", "50"))
@@ -183,22 +317,154 @@ def list_rollouts(environ) -> tuple[HTTPStatus, object]:
         raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid query", exc.errors) from exc
 
 
-def get_rollout(_environ, entry_id: str) -> tuple[HTTPStatus, object]:
+def get_rollout(_environ, _identity, entry_id: str) -> tuple[HTTPStatus, object]:
     entry = with_db(lambda conn: ledger.get(conn, int(entry_id)))
     if entry is None:
         raise HTTPError(HTTPStatus.NOT_FOUND, f"no ledger entry {entry_id}")
     return HTTPStatus.OK, entry
 
 
-def api_cluster(_environ) -> tuple[HTTPStatus, object]:
+def api_cluster(_environ, _identity) -> tuple[HTTPStatus, object]:
     return HTTPStatus.OK, cluster()
 
 
-def api_models(_environ) -> tuple[HTTPStatus, object]:
+def api_models(_environ, _identity) -> tuple[HTTPStatus, object]:
     return HTTPStatus.OK, models(cluster())
 
 
-def page(_environ) -> tuple[HTTPStatus, str]:
+def whoami(_environ, identity: Identity) -> tuple[HTTPStatus, object]:
+    return HTTPStatus.OK, identity.public()
+
+
+def _accounts_call(work: Callable):
+    try:
+        return with_db(work)
+    except accounts.Refused as exc:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid request", exc.errors) from exc
+    except accounts.Conflict as exc:
+        raise HTTPError(HTTPStatus.CONFLICT, str(exc)) from exc
+
+
+def list_keys(environ, _identity) -> tuple[HTTPStatus, object]:
+    everything = query(environ).get("all") in ("1", "true", "yes")
+    return HTTPStatus.OK, with_db(lambda conn: accounts.list_keys(conn, include_revoked=everything))
+
+
+def create_key(environ, identity: Identity) -> tuple[HTTPStatus, object]:
+    check_csrf(environ, identity)
+    body = json_object(environ)
+    unknown = sorted(set(body) - {"name", "role", "models"})
+    if unknown:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid request", {"body": f"unknown field(s): {', '.join(unknown)}"})
+    return HTTPStatus.CREATED, _accounts_call(
+        lambda conn: accounts.create_key(
+            conn, body.get("name"), body.get("role", "predict"), body.get("models"), by=identity.name
+        )
+    )
+
+
+def revoke_key(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
+    check_csrf(environ, identity)
+    result = with_db(lambda conn: accounts.revoke_key(conn, name, by=identity.name))
+    if result is None:
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"{name} has no working key")
+    return HTTPStatus.OK, result
+
+
+def rotate_key(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
+    check_csrf(environ, identity)
+    result = with_db(lambda conn: accounts.rotate_key(conn, name, by=identity.name))
+    if result is None:
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"{name} has no working key")
+    return HTTPStatus.OK, result
+
+
+def list_users(_environ, _identity) -> tuple[HTTPStatus, object]:
+    return HTTPStatus.OK, with_db(accounts.list_users)
+
+
+def create_user(environ, identity: Identity) -> tuple[HTTPStatus, object]:
+    check_csrf(environ, identity)
+    body = json_object(environ)
+    unknown = sorted(set(body) - {"name", "role", "password"})
+    if unknown:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid request", {"body": f"unknown field(s): {', '.join(unknown)}"})
+    return HTTPStatus.CREATED, _accounts_call(
+        lambda conn: accounts.create_user(
+            conn, body.get("name"), body.get("role", "viewer"), body.get("password"), by=identity.name
+        )
+    )
+
+
+def disable_user(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
+    check_csrf(environ, identity)
+    if not with_db(lambda conn: accounts.disable_user(conn, name)):
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"no enabled user {name}")
+    return HTTPStatus.OK, {"name": name, "disabled": True}
+
+
+def reset_password(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
+    check_csrf(environ, identity)
+    body = json_object(environ) if environ.get("CONTENT_LENGTH") not in (None, "", "0") else {}
+    result = _accounts_call(lambda conn: accounts.set_password(conn, name, body.get("password")))
+    if result is None:
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"no user {name}")
+    return HTTPStatus.OK, result
+
+
+def internal_grants(environ, _identity) -> Response:
+    from modelswarm.apps.console import grants
+
+    version, rows = with_db(accounts.grants)
+    etag = f'"{version}"'
+    if environ.get("HTTP_IF_NONE_MATCH") == etag:
+        return Response(HTTPStatus.NOT_MODIFIED, b"", [("ETag", etag)])
+    text = grants.render_nginx_grants(
+        version, [grants.Grant(name=n, role=r, models=m, digest=d) for n, r, m, d in rows]
+    )
+    return Response(HTTPStatus.OK, text.encode(), [("ETag", etag), ("Content-Type", "text/plain; charset=utf-8")])
+
+
+# ------------------------------------------------------------------------------------------------ pages
+
+
+def _cookie(name: str, value: str, max_age: int | None = None, path: str = "/") -> tuple[str, str]:
+    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "Secure", "SameSite=Strict"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    return "Set-Cookie", "; ".join(parts)
+
+
+def login_form(environ, _identity, error: str | None = None, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    token = secrets.token_urlsafe(32)
+    html = _pages.get_template("login.html.j2").render(csrf=token, error=error, next=query(environ).get("next", "/"))
+    return Response(status, html, [_cookie(LOGIN_CSRF_COOKIE, token, max_age=600, path="/login")])
+
+
+def login(environ, identity) -> Response:
+    form = read_form(environ)
+    expected = cookies(environ).get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(form.get("csrf", "").encode(), expected.encode()):
+        return login_form(environ, identity, "The form expired: please try again.", HTTPStatus.FORBIDDEN)
+    user = with_db(lambda conn: accounts.authenticate_user(conn, form.get("user"), form.get("password")))
+    if user is None:
+        return login_form(environ, identity, "Wrong user name or password.", HTTPStatus.UNAUTHORIZED)
+    token = with_db(lambda conn: accounts.start_session(conn, user))
+    target = form.get("next", "/")
+    target = target if target.startswith("/") and not target.startswith("//") else "/"
+    lifetime = int(accounts.SESSION_LIFETIME.total_seconds())
+    session, spent = _cookie(SESSION_COOKIE, token, max_age=lifetime), _cookie(LOGIN_CSRF_COOKIE, "", 0, "/login")
+    return Response(HTTPStatus.SEE_OTHER, "", [("Location", target), session, spent])
+
+
+def logout(environ, identity: Identity) -> Response:
+    check_csrf(environ, identity, read_form(environ))
+    token = cookies(environ).get(SESSION_COOKIE)
+    with_db(lambda conn: accounts.end_session(conn, token))
+    return Response(HTTPStatus.SEE_OTHER, "", [("Location", "/login"), _cookie(SESSION_COOKIE, "", max_age=0)])
+
+
+def page(_environ, identity: Identity) -> tuple[HTTPStatus, str]:
     problems = []
     try:
         state = cluster()
@@ -214,43 +480,109 @@ def page(_environ) -> tuple[HTTPStatus, str]:
         models=models(state),
         rollouts=rollouts,
         problems=problems,
+        identity=identity,
         now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
     return HTTPStatus.OK, html
 
 
-ROUTES: list[tuple[str, re.Pattern, Callable]] = [
-    ("GET", re.compile(r"^/$"), page),
-    ("GET", re.compile(r"^/healthz$"), health),
-    ("GET", re.compile(r"^/api/cluster$"), api_cluster),
-    ("GET", re.compile(r"^/api/models$"), api_models),
-    ("POST", re.compile(r"^/api/rollouts$"), post_rollout),
-    ("GET", re.compile(r"^/api/rollouts$"), list_rollouts),
-    ("GET", re.compile(r"^/api/rollouts/(\d{1,18})$"), get_rollout),
+# ------------------------------------------------------------------------------------------------ routing
+
+PUBLIC, SESSION_USER, GRANTS_TOKEN = "public", "session", "grants"
+PAGES = {page, login_form, login}
+NAME = contract.PRINCIPAL_NAME_PATTERN
+
+# (method, path, handler, who may call it: a role of the contract, PUBLIC, SESSION_USER or GRANTS_TOKEN)
+ROUTES: list[tuple[str, re.Pattern, Callable, str]] = [
+    ("GET", re.compile(r"^/$"), page, "viewer"),
+    ("GET", re.compile(r"^/healthz$"), health, PUBLIC),
+    ("GET", re.compile(r"^/login$"), login_form, PUBLIC),
+    ("POST", re.compile(r"^/login$"), login, PUBLIC),
+    ("POST", re.compile(r"^/logout$"), logout, SESSION_USER),
+    ("GET", re.compile(r"^/api/whoami$"), whoami, "predict"),
+    ("GET", re.compile(r"^/api/cluster$"), api_cluster, "viewer"),
+    ("GET", re.compile(r"^/api/models$"), api_models, "viewer"),
+    ("POST", re.compile(r"^/api/rollouts$"), post_rollout, "deploy"),
+    ("GET", re.compile(r"^/api/rollouts$"), list_rollouts, "viewer"),
+    ("GET", re.compile(r"^/api/rollouts/(\d{1,18})$"), get_rollout, "viewer"),
+    ("GET", re.compile(r"^/api/keys$"), list_keys, "admin"),
+    ("POST", re.compile(r"^/api/keys$"), create_key, "admin"),
+    ("DELETE", re.compile(rf"^/api/keys/({NAME})$"), revoke_key, "admin"),
+    ("POST", re.compile(rf"^/api/keys/({NAME})/rotate$"), rotate_key, "admin"),
+    ("GET", re.compile(r"^/api/users$"), list_users, "admin"),
+    ("POST", re.compile(r"^/api/users$"), create_user, "admin"),
+    ("DELETE", re.compile(rf"^/api/users/({NAME})$"), disable_user, "admin"),
+    ("POST", re.compile(rf"^/api/users/({NAME})/password$"), reset_password, "admin"),
+    ("GET", re.compile(r"^/internal/grants$"), internal_grants, GRANTS_TOKEN),
 ]
+
+
+def authorize(environ, handler: Callable, who: str) -> Identity | None:
+    """Decide before the handler (and so before any body is read) whether the caller may call it."""
+    if who == PUBLIC:
+        return None
+    if who == GRANTS_TOKEN:
+        if not grants_token_ok(environ):
+            raise HTTPError(HTTPStatus.UNAUTHORIZED, "this endpoint is for NGINX's grants token only")
+        return None
+    identity = identify(environ)
+    if identity is None:
+        if handler in PAGES and wants_html(environ):
+            target = quote(environ.get("PATH_INFO") or "/")
+            raise HTTPError(HTTPStatus.SEE_OTHER, "sign in first", headers=[("Location", f"/login?next={target}")])
+        sent = "HTTP_AUTHORIZATION" in environ or SESSION_COOKIE in cookies(environ)
+        raise HTTPError(
+            HTTPStatus.UNAUTHORIZED,
+            "invalid, revoked or expired credentials" if sent else "credentials required: an API key or a session",
+            headers=[("WWW-Authenticate", CHALLENGE)],
+        )
+    if who == SESSION_USER:
+        if identity.kind != "user":
+            raise HTTPError(HTTPStatus.FORBIDDEN, "only a signed-in user has a session to end")
+        return identity
+    if not identity.may(who):
+        raise HTTPError(HTTPStatus.FORBIDDEN, f"{identity.name} ({identity.role}) may not do this: it needs {who}")
+    return identity
 
 
 def application(environ, start_response) -> Iterable[bytes]:
     method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
-    status, payload = HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {method} {path}"}
-    allowed = [m for m, pattern, _ in ROUTES if pattern.match(path)]
+    status, payload, headers = HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {method} {path}"}, []
+    allowed = [m for m, pattern, _, _ in ROUTES if pattern.match(path)]
     try:
-        for route_method, pattern, handler in ROUTES:
+        for route_method, pattern, handler, who in ROUTES:
             match = pattern.match(path)
             if match and route_method == method:
-                status, payload = handler(environ, *match.groups())
+                if handler in PAGES and plain_http(environ):
+                    # Session cookies are Secure: sign-in and pages need HTTPS (the API works over both).
+                    host = environ.get("HTTP_HOST", "").split(":")[0]
+                    raise HTTPError(
+                        HTTPStatus.PERMANENT_REDIRECT, "use HTTPS", headers=[("Location", f"https://{host}{path}")]
+                    )
+                identity = authorize(environ, handler, who)
+                result = handler(environ, identity, *match.groups())
+                if isinstance(result, Response):
+                    status, payload, headers = result.status, result.payload, result.headers or []
+                else:
+                    status, payload = result
                 break
         else:
             if allowed:
                 status, payload = HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{method} not allowed on {path}"}
+                headers = [("Allow", ", ".join(allowed))]
     except HTTPError as exc:
-        status, payload = exc.status, {"error": exc.message, **({"details": exc.details} if exc.details else {})}
-    if isinstance(payload, str):
+        status, headers = exc.status, exc.headers
+        payload = {"error": exc.message, **({"details": exc.details} if exc.details else {})}
+    if isinstance(payload, bytes):
+        body, content_type = payload, "text/plain; charset=utf-8"
+    elif isinstance(payload, str):
         body, content_type = payload.encode(), "text/html; charset=utf-8"
     else:
         body, content_type = (json.dumps(payload, indent=1) + "\n").encode(), "application/json"
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    if status == HTTPStatus.METHOD_NOT_ALLOWED:
-        headers.append(("Allow", ", ".join(allowed)))
-    start_response(f"{status.value} {status.phrase}", headers)
+    names = {name.lower() for name, _ in headers}
+    out = [*headers]
+    if "content-type" not in names:
+        out.append(("Content-Type", content_type))
+    out += [("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    start_response(f"{status.value} {status.phrase}", out)
     return [body]

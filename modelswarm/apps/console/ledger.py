@@ -48,8 +48,12 @@ class Migration:
 def _with_contract(sql: str) -> str:
     """Migrations name the contract's rules as {{MODEL_NAME_PATTERN}} etc., so the database checks what the code
     checks, from the one definition."""
-    for name in ("MODEL_NAME_PATTERN", "VERSION_PATTERN", "DIGEST_PATTERN"):
+    patterns = ["MODEL_NAME_PATTERN", "VERSION_PATTERN", "DIGEST_PATTERN"]
+    patterns += ["API_KEY_ID_PATTERN", "PRINCIPAL_NAME_PATTERN"]
+    for name in patterns:
         sql = sql.replace("{{" + name + "}}", getattr(contract, name))
+    for name in ("ROLES", "USER_ROLES"):  # role lists as SQL literals
+        sql = sql.replace("{{" + name + "}}", ", ".join(f"'{role}'" for role in getattr(contract, name)))
     return sql
 
 
