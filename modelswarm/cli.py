@@ -313,7 +313,13 @@ def cmd_load(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             err.print(f"error: --data is not JSON: {exc}")
             return Exit.USAGE
+    headers: tuple[str, ...] = ()
+    if not args.no_key:
+        from modelswarm.apiclient import api_key
+
+        headers = (f"Authorization: Bearer {api_key('predict')[0]}",)
     plan = loads.LoadPlan(
+        headers=headers,
         url=args.url,
         body=args.data,
         requests=args.requests,
@@ -492,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--rate", type=float, default=0, help="requests per second in all (default: no limit)")
     load.add_argument("--request-timeout", type=int, default=10, help="seconds per request (default 10)")
     load.add_argument("-i", "--inventory", help="also accept this inventory's hosts as targets")
+    load.add_argument(
+        "--no-key",
+        action="store_true",
+        help="send no API key (default: $MODELSWARM_API_KEY, else the controller's deploy key)",
+    )
     load.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     load.set_defaults(func=cmd_load)
     return parser

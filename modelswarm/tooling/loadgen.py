@@ -40,6 +40,8 @@ class LoadPlan:
     concurrency: int = 4
     rate_per_worker: float = 0.0  # requests per second per worker; 0 = as fast as possible
     timeout: int = 10  # seconds per request
+    # Extra request headers ("Name: value"), e.g. the API key; kept out of reprs (hey's arguments are not printed).
+    headers: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def total(self) -> int:
@@ -66,6 +68,8 @@ class LoadPlan:
             command += ["-q", f"{self.rate_per_worker:g}"]
         if self.body is not None:
             command += ["-m", "POST", "-T", "application/json", "-d", self.body]
+        for header in self.headers:
+            command += ["-H", header]
         return [*command, self.url]
 
 

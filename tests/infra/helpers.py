@@ -62,6 +62,29 @@ def secrets_dir() -> Path:
     return REPO / ".secrets"
 
 
+def controller_key(name: str = "") -> str:
+    """A key the converge made for the controller (default: the deploy key)."""
+    from modelswarm import contract
+
+    return (secrets_dir() / "keys" / f"{name or contract.CONTROLLER_DEPLOY_KEY}.key").read_text().strip()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def call(node: str, method: str, path: str, key: str | None = "", scheme: str = "https", **kwargs):
+    """One request to `node`'s NGINX (HTTPS, verified with the cluster CA); key "" = the controller's deploy key,
+    None = no key."""
+    import requests
+
+    headers = {**(bearer(key or controller_key()) if key is not None else {}), **kwargs.pop("headers", {})}
+    verify = str(secrets_dir() / "pki" / "ca.crt") if scheme == "https" else True
+    return requests.request(
+        method, f"{scheme}://{lab_addresses()[node]}{path}", headers=headers, verify=verify, timeout=10, **kwargs
+    )
+
+
 IRIS = REPO / "examples" / "models" / "iris"
 
 
@@ -83,7 +106,7 @@ def modelswarm(*args: str, timeout: int = 900) -> tuple[int, dict, str]:
     """Run the CLI against the scenario's hosts with --json; returns (exit code, JSON result, progress output)."""
     result = run_tool(
         "modelswarm", *args, "-i", inventory(), "--json", timeout=timeout,
-        MODELSWARM_ACTOR="testinfra",
+        MODELSWARM_NOTE="testinfra",
     )  # fmt: skip
     try:
         payload = json.loads(result.stdout) if result.stdout.strip() else {}

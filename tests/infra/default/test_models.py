@@ -14,6 +14,9 @@ import testinfra
 from tests.infra.helpers import (
     IRIS,
     REPO,
+    bearer,
+    call,
+    controller_key,
     inventory,
     iris_variant,
     lab_addresses,
@@ -67,7 +70,9 @@ def replicas():
 
 
 def predict(node, data):
-    return requests.post(f"http://{lab_addresses()[node]}/models/iris/predict", json=data, timeout=10)
+    return requests.post(
+        f"http://{lab_addresses()[node]}/models/iris/predict", json=data, timeout=10, headers=bearer(controller_key())
+    )
 
 
 def test_first_deploy_runs_two_replicas_on_two_nodes():
@@ -89,11 +94,11 @@ def test_prediction_through_nginx_on_every_node_is_right(node):
 
 
 def test_bad_requests_get_clear_errors():
-    malformed = requests.post(f"http://{lab_addresses()['node2']}/models/iris/predict", data="{nope", timeout=10)
+    malformed = call("node2", "POST", "/models/iris/predict", data="{nope", scheme="http")
     assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
     missing = predict("node3", {"sepal_length": 1})
     assert missing.status_code == 422 and "missing measurement(s)" in missing.json()["error"]
-    unknown = requests.post(f"http://{lab_addresses()['node1']}/models/nosuch/predict", json={}, timeout=10)
+    unknown = call("node1", "POST", "/models/nosuch/predict", json={}, scheme="http")
     assert unknown.status_code == 502 and "not deployed" in unknown.json()["error"]
 
 
@@ -133,15 +138,17 @@ def test_rollback_to_an_unknown_version_is_refused():
 
 
 def test_the_ledger_holds_every_rollout():
-    entries = requests.get(f"http://{lab_addresses()['node2']}/api/rollouts?model=iris", timeout=10).json()
-    # In the order the rollouts were recorded (ids): the order of this story.
-    story = [(e["to_version"], e["result"], e["actor"]) for e in sorted(entries, key=lambda e: e["id"])]
+    entries = call("node2", "GET", "/api/rollouts?model=iris").json()
+    # In the order the rollouts were recorded (ids): the order of this story. The actor is the key's name; what
+    # the CLI was given ($MODELSWARM_NOTE) is the note.
+    story = [(e["to_version"], e["result"], e["actor"], e["note"]) for e in sorted(entries, key=lambda e: e["id"])]
+    who = ("controller-deploy", "testinfra")
     assert story == [
-        ("1.0.0", "succeeded", "testinfra"),
-        ("1.0.0", "no_op", "testinfra"),
-        ("1.1.0", "succeeded", "testinfra"),
-        ("1.2.0-broken", "rolled_back", "testinfra"),
-        ("1.0.0", "succeeded", "testinfra"),
+        ("1.0.0", "succeeded", *who),
+        ("1.0.0", "no_op", *who),
+        ("1.1.0", "succeeded", *who),
+        ("1.2.0-broken", "rolled_back", *who),
+        ("1.0.0", "succeeded", *who),
     ]
     assert all(e["image_digest"].startswith("sha256:") for e in entries)
 
@@ -156,7 +163,7 @@ def pyinfra(deploy: str, bundle):
     return run_tool(
         "pyinfra", "-y", "pyinfra_deploys/inventory.py", f"pyinfra_deploys/{deploy}", "--data", f"bundle={bundle}",
         timeout=900, MODELSWARM_INVENTORY=inventory(),
-        MODELSWARM_ACTOR="pyinfra-test",
+        MODELSWARM_NOTE="pyinfra-test",
     )  # fmt: skip
 
 
@@ -164,13 +171,13 @@ def test_pyinfra_rolls_out_from_the_ansible_inventory_and_then_reports_no_change
     sentiment = REPO / "examples" / "models" / "sentiment"
     first = pyinfra("rollout_model.py", sentiment)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
-    answer = requests.post(f"http://{lab_addresses()['node3']}/models/sentiment/predict",
-                           json={"text": "great and reliable"}, timeout=10)  # fmt: skip
+    answer = call("node3", "POST", "/models/sentiment/predict", json={"text": "great and reliable"})
     assert answer.json()["prediction"] == {"label": "positive", "score": 1.0}
     # pyinfra writes its report to stderr when it is not on a terminal.
     again = pyinfra("rollout_model.py", sentiment)
     assert again.returncode == 0 and "No changes" in again.stdout + again.stderr, again.stderr[-2000:]
     built = pyinfra("build_model.py", sentiment)
     assert built.returncode == 0 and "No changes" in built.stdout + built.stderr, built.stderr[-2000:]
-    entries = requests.get(f"http://{lab_addresses()['node1']}/api/rollouts?model=sentiment", timeout=10).json()
-    assert [(e["result"], e["actor"]) for e in entries] == [("succeeded", "pyinfra-test")]
+    entries = call("node1", "GET", "/api/rollouts?model=sentiment").json()
+    found = [(e["result"], e["actor"], e["note"]) for e in entries]
+    assert found == [("succeeded", "controller-deploy", "pyinfra-test")]

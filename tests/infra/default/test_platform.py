@@ -8,7 +8,8 @@ import pytest
 import requests
 import testinfra
 
-from tests.infra.helpers import inventory, lab_addresses, secrets_dir, service_tasks
+from modelswarm.apps.console import ledger
+from tests.infra.helpers import call, inventory, lab_addresses, secrets_dir, service_tasks
 
 testinfra_hosts = ["ansible://node1"]
 STACK = "modelswarm"
@@ -53,13 +54,14 @@ def test_nginx_serves_tls_with_the_cluster_certificate(node):
 
 @pytest.mark.parametrize("node", NODES)
 def test_console_answers_through_nginx_on_every_node(node):
-    response = requests.get(f"http://{lab_addresses()[node]}/api/cluster", timeout=10)
+    response = call(node, "GET", "/api/cluster")
     assert response.status_code == 200, response.text
     cluster = response.json()
     assert sorted(n["hostname"] for n in cluster["nodes"]) == NODES
     assert {f"{STACK}_{s}" for s in GLOBAL + SINGLE + ON_LEADER} <= {s["name"] for s in cluster["services"]}
-    page = requests.get(f"http://{lab_addresses()[node]}/", timeout=10)
+    page = call(node, "GET", "/")
     assert page.status_code == 200 and "<h1>modelswarm console</h1>" in page.text
+    assert "Signed in as <strong>controller-deploy</strong>" in page.text
 
 
 def test_console_is_healthy_and_its_schema_migrated(host):
@@ -74,7 +76,7 @@ def test_console_is_healthy_and_its_schema_migrated(host):
             container,
         )
     )
-    assert health == {"status": "ok", "database": "ok", "schema_version": 1}
+    assert health == {"status": "ok", "database": "ok", "schema_version": len(ledger.migrations())}
 
 
 def test_ledger_entry_round_trips_through_postgresql_across_nodes():
@@ -84,34 +86,42 @@ def test_ledger_entry_round_trips_through_postgresql_across_nodes():
         "to_version": f"1.0.{uuid.uuid4().int % 10000}",
         "image": "registry.example:5000/models/probe:1",
         "image_digest": "sha256:" + "ab" * 32,
-        "actor": "testinfra",
+        "note": "testinfra",
         "started_at": "2026-01-01T10:00:00Z",
         "finished_at": "2026-01-01T10:00:42Z",
         "result": "succeeded",
         "message": "written through node2, read through node3",
     }
-    written = requests.post(f"http://{lab_addresses()['node2']}/api/rollouts", json=entry, timeout=10)
+    for node in NODES:  # no identity, or an actor in the body: refused on every node, nothing stored
+        refused = call(node, "POST", "/api/rollouts", key=None, json=entry)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer"), refused.text
+        forged = call(node, "POST", "/api/rollouts", json={**entry, "actor": "someone-else"})
+        assert forged.status_code == 400 and "actor" in forged.text
+    written = call("node2", "POST", "/api/rollouts", json=entry)
     assert written.status_code == 201, written.text
     stored = written.json()
     assert stored["duration_s"] == 42.0
-    read = requests.get(f"http://{lab_addresses()['node3']}/api/rollouts/{stored['id']}", timeout=10)
+    assert (stored["actor"], stored["actor_kind"], stored["note"]) == ("controller-deploy", "key", "testinfra")
+    read = call("node3", "GET", f"/api/rollouts/{stored['id']}")
     assert read.status_code == 200
     assert {k: read.json()[k] for k in ("model", "to_version", "image_digest", "result")} == {
         k: entry[k] for k in ("model", "to_version", "image_digest", "result")
     }
-    history = requests.get(f"http://{lab_addresses()['node1']}/api/rollouts?model=probe-model", timeout=10).json()
+    history = call("node1", "GET", "/api/rollouts?model=probe-model").json()
     assert stored["id"] in [h["id"] for h in history]
+    assert [h["to_version"] for h in history].count(entry["to_version"]) == 1
 
 
 def test_bad_ledger_entry_gets_one_message_per_field():
-    response = requests.post(
-        f"http://{lab_addresses()['node1']}/api/rollouts",
+    response = call(
+        "node1",
+        "POST",
+        "/api/rollouts",
         json={"model": "Bad Name", "to_version": "", "result": "maybe", "started_at": "yesterday"},
-        timeout=10,
     )
     assert response.status_code == 400
     details = response.json()["details"]
-    assert {"model", "to_version", "result", "started_at", "image", "actor", "finished_at"} <= set(details)
+    assert {"model", "to_version", "result", "started_at", "image", "finished_at"} <= set(details)
 
 
 def test_image_pushed_on_one_node_is_pulled_over_tls_on_another(host):

@@ -12,7 +12,7 @@ import docker
 import testinfra
 
 from modelswarm.lab import LabSettings
-from tests.infra.helpers import inventory, lab_addresses
+from tests.infra.helpers import bearer, controller_key, inventory, lab_addresses
 
 NODES = ("node1", "node2", "node3")
 DESIGNATED_LEADER = "node1"
@@ -106,7 +106,12 @@ def wait_healthy(via: str = DESIGNATED_LEADER, timeout: float = 240) -> float:
         wait_for(f"{service} running", lambda s=service: running_on(via, s) == [DESIGNATED_LEADER], timeout)
     wait_for(
         "the console through NGINX",
-        lambda: requests.get(f"http://{lab_addresses()[via]}/api/rollouts", timeout=5).status_code == 200,
+        lambda: (
+            requests.get(
+                f"http://{lab_addresses()[via]}/api/rollouts", headers=bearer(controller_key()), timeout=5
+            ).status_code
+            == 200
+        ),
         timeout,
     )
     return time.monotonic() - started

@@ -21,11 +21,12 @@ from modelswarm.lab import LabSettings
 from modelswarm.tooling import recap
 from modelswarm.tooling.loadgen import LoadPlan, LoadRun, allowed_target
 from tests.infra.ha import helpers as ha
-from tests.infra.helpers import IRIS, iris_variant, lab_addresses, modelswarm, run_playbook
+from tests.infra.helpers import IRIS, bearer, controller_key, iris_variant, lab_addresses, modelswarm, run_playbook
 
 # Hosts come from helpers.host(); no test takes testinfra's `host` fixture, so pytest keeps the written order.
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 RESULTS: dict[str, dict] = {}
+AUTH = bearer(controller_key())  # the controller's deploy key: predicts, reads and writes the ledger
 
 
 def start_load(via: str, seconds: int, rate: int = 40, concurrency: int = 4) -> LoadRun:
@@ -37,6 +38,7 @@ def start_load(via: str, seconds: int, rate: int = 40, concurrency: int = 4) -> 
         concurrency=concurrency,
         rate_per_worker=rate / concurrency,
         timeout=10,
+        headers=(f"Authorization: Bearer {controller_key()}",),
     )
     allowed_target(plan.url, [LabSettings.from_env().subnet])
     return LoadRun(plan).start()
@@ -117,17 +119,17 @@ def test_rollout_to_an_image_that_does_not_exist_is_refused_and_nothing_changes(
         "model": "iris", "from_version": "1.0.0", "to_version": "0.9.0-gone",
         "image": f"{registry}/models/iris:0.9.0-gone",
         "image_digest": "sha256:" + "0" * 64, "result": "succeeded", "message": "recorded by the HA test",
-        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00", "actor": "ha-test",
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00", "note": "ha-test",
     }  # fmt: skip
-    assert requests.post(f"{base}/api/rollouts", json=gone, timeout=10).status_code == 201
-    ledger_before = requests.get(f"{base}/api/rollouts?model=iris", timeout=10).json()
+    assert requests.post(f"{base}/api/rollouts", json=gone, headers=AUTH, timeout=10).status_code == 201
+    ledger_before = requests.get(f"{base}/api/rollouts?model=iris", headers=AUTH, timeout=10).json()
     before = service_versions()
     code, _, log = modelswarm("rollback", "iris", "--to", "0.9.0-gone")
     assert code == 2, log[-2000:]
     assert "does not exist in the registry: nothing was changed" in log
     assert log.count("error:") == 1
     assert service_versions() == before
-    assert requests.get(f"{base}/api/rollouts?model=iris", timeout=10).json() == ledger_before
+    assert requests.get(f"{base}/api/rollouts?model=iris", headers=AUTH, timeout=10).json() == ledger_before
 
 
 # ---------------------------------------------------------------------------------------------------- faults
@@ -181,7 +183,9 @@ def test_2_hard_stop_of_the_raft_leader(healthy):
     victim = ha.raft_leader("node2")
     survivors = [n for n in ha.NODES if n != victim]
     via = survivors[0]
-    ledger_before = requests.get(f"http://{lab_addresses()[via]}/api/rollouts?model=iris", timeout=10).json()
+    ledger_before = requests.get(
+        f"http://{lab_addresses()[via]}/api/rollouts?model=iris", headers=AUTH, timeout=10
+    ).json()
     load = start_load(via, seconds=45)
     time.sleep(5)
     ha.hard_stop(victim)
@@ -202,12 +206,14 @@ def test_2_hard_stop_of_the_raft_leader(healthy):
         # The console, PostgreSQL and the registry are pinned to the designated leader: no other node may run them
         # (their data is in volumes on that host), so they wait, pending, instead of moving.
         pinned_while_down, _ = ha.wait_for("the pinned services pending", lambda: ha.pinned_pending(new_leader), 120)
-        console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", timeout=10)
+        console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", headers=AUTH, timeout=10)
         pinned_while_down["console via NGINX"] = console.status_code
     result = load.result()
     ha.power_on(victim)
     back = ha.wait_healthy(new_leader)
-    ledger_after = requests.get(f"http://{lab_addresses()[via]}/api/rollouts?model=iris", timeout=10).json()
+    ledger_after = requests.get(
+        f"http://{lab_addresses()[via]}/api/rollouts?model=iris", headers=AUTH, timeout=10
+    ).json()
     RESULTS["2 hard-stop the raft leader"] = {
         "victim": victim, "new_leader": new_leader, "via": via, **load_figures(result),
         "seconds_to_new_leader": round(elected, 1), "seconds_to_2_replicas": round(recovered, 1),
@@ -228,17 +234,21 @@ def test_2b_designated_leader_down_pinned_services_wait_for_it_and_return_with_t
     if RESULTS.get("2 hard-stop the raft leader", {}).get("victim") == ha.DESIGNATED_LEADER:
         pytest.skip("case 2 already hard-stopped the designated leader (it was the raft leader)")
     victim, via, observer = ha.DESIGNATED_LEADER, "node2", "node3"
-    ledger_before = requests.get(f"http://{lab_addresses()[via]}/api/rollouts?model=iris", timeout=10).json()
+    ledger_before = requests.get(
+        f"http://{lab_addresses()[via]}/api/rollouts?model=iris", headers=AUTH, timeout=10
+    ).json()
     load = start_load(via, seconds=45)
     time.sleep(5)
     ha.hard_stop(victim)
 
     pinned, seconds = ha.wait_for("the pinned services pending", lambda: ha.pinned_pending(observer), timeout=120)
-    console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", timeout=10)
+    console = requests.get(f"http://{lab_addresses()[via]}/api/rollouts", headers=AUTH, timeout=10)
     result = load.result()
     ha.power_on(victim)
     back = ha.wait_healthy(observer)
-    ledger_after = requests.get(f"http://{lab_addresses()[via]}/api/rollouts?model=iris", timeout=10).json()
+    ledger_after = requests.get(
+        f"http://{lab_addresses()[via]}/api/rollouts?model=iris", headers=AUTH, timeout=10
+    ).json()
     RESULTS["2b hard-stop the designated leader"] = {
         "via": via, **load_figures(result), "seconds_until_pinned_pending": round(seconds, 1),
         "console_while_down": console.status_code, "seconds_until_healthy_after_power_on": round(back, 1),
@@ -255,7 +265,9 @@ def test_3_roll_out_a_new_version_under_load(healthy, variants):
     assert code == 0, log[-3000:]
     assert outcome["to_version"] == "1.1.0"
     assert result.failed == 0, result.summary()
-    answer = requests.post(f"http://{lab_addresses()['node3']}/models/iris/predict", json=VIRGINICA, timeout=10)
+    answer = requests.post(
+        f"http://{lab_addresses()['node3']}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=10
+    )
     assert answer.json()["version"] == "1.1.0"
 
 
@@ -265,7 +277,9 @@ def test_4_broken_version_under_load_is_rolled_back(healthy, variants):
     assert code == 3, log[-3000:]  # rolled back automatically
     assert outcome["result"] == "rolled_back"
     assert result.failed == 0, result.summary()
-    answer = requests.post(f"http://{lab_addresses()['node1']}/models/iris/predict", json=VIRGINICA, timeout=10)
+    answer = requests.post(
+        f"http://{lab_addresses()['node1']}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=10
+    )
     assert answer.json()["version"] == "1.1.0"
 
 
@@ -277,7 +291,9 @@ def test_5_docker_restart_on_one_node_recovers_by_itself(healthy):
     ha.host(victim).check_output("systemctl restart docker")
     back = ha.wait_healthy(via)
     result = load.result()
-    served = requests.post(f"http://{lab_addresses()[victim]}/models/iris/predict", json=VIRGINICA, timeout=10)
+    served = requests.post(
+        f"http://{lab_addresses()[victim]}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=10
+    )
     RESULTS["5 docker restart on one node"] = {"victim": victim, "via": via, **load_figures(result),
                                                "seconds_until_healthy": round(back, 1)}  # fmt: skip
     assert result.failed == 0, result.summary()
@@ -295,7 +311,9 @@ def test_6_losing_two_managers_loses_quorum_and_the_recovery_playbook_restores_t
     # Quorum is lost: the CLI says so, plainly, and changes nothing.
     status, _, status_log = modelswarm("status", timeout=120)
     result = load.result()
-    after_loss = requests.post(f"http://{lab_addresses()[survivor]}/models/iris/predict", json=VIRGINICA, timeout=15)
+    after_loss = requests.post(
+        f"http://{lab_addresses()[survivor]}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=15
+    )
     # Recovery: the lost hosts come back with their stale raft state, the playbook forces a new cluster from the
     # survivor and joins the others to it again.
     for node in lost:
@@ -323,5 +341,7 @@ def test_6_losing_two_managers_loses_quorum_and_the_recovery_playbook_restores_t
 
 
 def test_the_model_still_answers_right_after_all_cases():
-    answer = requests.post(f"http://{lab_addresses()['node2']}/models/iris/predict", json=VIRGINICA, timeout=10)
+    answer = requests.post(
+        f"http://{lab_addresses()['node2']}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=10
+    )
     assert answer.status_code == 200 and answer.json()["prediction"]["species"] == "virginica"
