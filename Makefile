@@ -68,9 +68,12 @@ demo: engine venv lab-up kit ## Bring up the lab, build the swarm, deploy the pl
 	@addresses=$$(modelswarm lab status --json | python3 -c 'import json,sys; print(" ".join(n["address"] for n in json.load(sys.stdin)["nodes"].values()))'); \
 	 set -- $$addresses; \
 	 echo "demo: the platform runs on a three-manager swarm. The console, through NGINX on any node:"; \
-	 echo "        http://$$1/   http://$$2/   http://$$3/   (https with .secrets/pki/ca.crt)"; \
-	 echo "      a prediction from the demo model, through any node:"; \
-	 echo "        curl -s -X POST -H 'Content-Type: application/json' \\"; \
+	 echo "        https://$$1/   https://$$2/   https://$$3/   (CA: .secrets/pki/ca.crt)"; \
+	 echo "      sign in as admin with the password in .secrets/console-admin-password"; \
+	 echo "      a key to predict with (printed once, on the last line): modelswarm keys create alice"; \
+	 echo "      a prediction from the demo model, through any node, with a key:"; \
+	 echo "        curl -s -X POST -H \"Authorization: Bearer \$$(cat .secrets/keys/controller-deploy.key)\" \\"; \
+	 echo "          -H 'Content-Type: application/json' \\"; \
 	 echo "          -d '{\"sepal_length\": 6.7, \"sepal_width\": 3.0, \"petal_length\": 5.2, \"petal_width\": 2.3}' \\"; \
 	 echo "          http://$$2/models/iris/predict"
 	@echo "      inspect: make lab-status; remove: make down"
