@@ -35,7 +35,9 @@ def fake_db(monkeypatch):
         return work(stored)
 
     monkeypatch.setattr(app, "with_db", with_db)
-    monkeypatch.setattr(ledger, "record", lambda conn, entry: {"id": 1, **entry, "duration_s": 1.0})
+    monkeypatch.setattr(
+        ledger, "record", lambda conn, entry, **identity: {"id": 1, **entry, **identity, "duration_s": 1.0}
+    )
     monkeypatch.setattr(ledger, "get", lambda conn, entry_id: {"id": entry_id} if entry_id == 1 else None)
     return stored
 
@@ -65,7 +67,7 @@ def test_invalid_entry_is_400_with_details_and_never_reaches_the_database(monkey
     monkeypatch.setattr(app, "with_db", lambda work: pytest.fail("the database was touched"))
     status, _, body = call("POST", "/api/rollouts", body={"model": "iris"})
     assert status == 400
-    assert {"to_version", "image", "actor", "result"} <= set(json.loads(body)["details"])
+    assert {"to_version", "image", "result"} <= set(json.loads(body)["details"])
 
 
 def test_valid_entry_is_201(fake_db):
@@ -73,7 +75,7 @@ def test_valid_entry_is_201(fake_db):
         "model": "iris",
         "to_version": "2",
         "image": "r/iris:2",
-        "actor": "ci",
+        "note": "ci",
         "started_at": "2026-11-22T10:00:00Z",
         "finished_at": "2026-11-22T10:00:01Z",
         "result": "succeeded",

@@ -162,7 +162,8 @@ def post_rollout(environ) -> tuple[HTTPStatus, dict]:
         ledger.validate(entry)  # fail on bad input before touching the database
     except ledger.InvalidEntry as exc:
         raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid ledger entry", exc.errors) from exc
-    return HTTPStatus.CREATED, with_db(lambda conn: ledger.record(conn, entry))
+    # TODO(main): identity — the authenticated key's or user's name and kind replace this stand-in.
+    return HTTPStatus.CREATED, with_db(lambda conn: ledger.record(conn, entry, actor="anonymous", actor_kind="legacy"))
 
 
 def query(environ) -> dict[str, str]:

@@ -1,0 +1,2 @@
+-- access control tables: added by the main session
+SELECT 1;
