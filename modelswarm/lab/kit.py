@@ -84,11 +84,13 @@ KIT: tuple[KitImage, ...] = (
 
 def _console_source() -> dict[str, bytes]:
     """The console's code as build-context files: its package (modelswarm.apps.console) and the parent packages'
-    markers and the contract, so the image imports it by the same names as the repository does."""
+    markers, the contract and the ledger's hash-chain rule (shared with the CLI's verifier), so the image imports
+    them by the same names as the repository does."""
     files: dict[str, bytes] = {
         "modelswarm/__init__.py": b"",
         "modelswarm/apps/__init__.py": b"",
         "modelswarm/contract.py": resources.files("modelswarm").joinpath("contract.py").read_bytes(),
+        "modelswarm/ledgerchain.py": resources.files("modelswarm").joinpath("ledgerchain.py").read_bytes(),
     }
     root = resources.files("modelswarm.apps.console")
 

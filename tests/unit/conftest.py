@@ -1,8 +1,19 @@
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# PostgreSQL's server binaries (Debian's postgresql-15 package; bash scripts/test-packages.sh installs them).
+PG_BIN = Path(os.environ.get("MODELSWARM_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 @pytest.fixture
@@ -18,3 +29,122 @@ def unused_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------- real PostgreSQL
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A throwaway cluster: reachable only through the unix socket in `host` (a directory), password auth."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    pid: int
+
+    def params(self, dbname: str = "postgres", **override) -> dict:
+        """Keyword arguments for psycopg2.connect()."""
+        return {"host": self.host, "port": self.port, "user": self.user, "password": self.password, **override,
+                "dbname": dbname}  # fmt: skip
+
+    def connect(self, dbname: str = "postgres", **override):
+        import psycopg2
+
+        return psycopg2.connect(**self.params(dbname, **override))
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """One empty database on the session's server, for one test."""
+
+    server: PostgresServer
+    name: str
+
+    def params(self, **override) -> dict:
+        return self.server.params(self.name, **override)
+
+    def connect(self, **override):
+        return self.server.connect(self.name, **override)
+
+
+def _run_as(account, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a PostgreSQL tool as `account` (pwd entry) when we are root (initdb and postgres refuse root)."""
+    if account is not None:
+        kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"LC_ALL": "C"}
+    return subprocess.run(args, env=env, capture_output=True, text=True, check=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Start a PostgreSQL 15 cluster for the test session: initdb into a temp dir, the server listening on no TCP
+    address, only on a unix socket in that dir, run as `nobody` when we are root. Superuser `console` with a random
+    password, scram-sha-256 on the socket, so password logins (the application role's) are tested as they run in
+    production. Stopped by pg_ctl (fast shutdown) and removed at the end."""
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        if not os.access(PG_BIN / tool, os.X_OK):
+            pytest.fail(
+                f"PostgreSQL server binaries are missing ({PG_BIN / tool}); install them with: "
+                "bash scripts/test-packages.sh",
+                pytrace=False,
+            )
+    import pwd
+
+    account = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="modelswarm-pg-"))
+    data, pwfile = root / "data", root / "pwfile"
+    password = secrets.token_urlsafe(24)
+    pwfile.write_text(password + "\n")
+    pwfile.chmod(0o600)
+    if account is not None:
+        os.chown(root, account.pw_uid, account.pw_gid)
+        os.chown(pwfile, account.pw_uid, account.pw_gid)
+    pid = None
+    try:
+        init = _run_as(
+            account,
+            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "console", f"--pwfile={pwfile}", "-A", "scram-sha-256",
+             "-E", "UTF8", "--no-locale", "--no-sync"],
+            cwd=root,
+        )  # fmt: skip
+        if init.returncode != 0:
+            pytest.fail(f"initdb failed:\n{init.stdout}\n{init.stderr}", pytrace=False)
+        pwfile.unlink()
+        options = f"-c listen_addresses='' -c unix_socket_directories='{root}' -c port=5432 -c fsync=off"
+        log = root / "log"
+        pg_ctl = str(PG_BIN / "pg_ctl")
+        start = _run_as(
+            account, [pg_ctl, "start", "-D", str(data), "-w", "-t", "60", "-l", str(log), "-o", options], cwd=root
+        )
+        pid_file = data / "postmaster.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text().split("\n", 1)[0])
+        if start.returncode != 0:
+            text = log.read_text() if log.exists() else ""
+            pytest.fail(f"PostgreSQL did not start:\n{start.stdout}\n{start.stderr}\n{text}", pytrace=False)
+        yield PostgresServer(host=str(root), port=5432, user="console", password=password, pid=pid)
+    finally:
+        if pid is not None:
+            stop = _run_as(account, [str(PG_BIN / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"], cwd=root)
+            if stop.returncode != 0:  # pg_ctl could not: fast shutdown by signal, to the PID we started
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(postgres):
+    """A fresh, empty database for one test (from template0), dropped afterwards even if connections remain."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = postgres.connect()
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
+        yield PostgresDatabase(postgres, name)
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.close()

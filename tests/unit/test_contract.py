@@ -50,7 +50,7 @@ def test_the_bundle_and_the_ledger_apply_the_same_model_name_rule(name, valid):
         "model": name,
         "to_version": "1",
         "image": "r/models/x:1",
-        "actor": "t",
+        "note": "t",
         "started_at": "2026-01-01T00:00:00Z",
         "finished_at": "2026-01-01T00:00:01Z",
         "result": "succeeded",

@@ -13,6 +13,7 @@ from typing import ClassVar
 import pytest
 
 from modelswarm import cli, cluster, contract
+from modelswarm.apiclient import Api
 from modelswarm.lab import kit
 from modelswarm.lifecycle import ledger, modelimage, pipeline, rollout
 
@@ -142,16 +143,17 @@ def fake_cluster(monkeypatch):
 
     monkeypatch.setattr(cluster, "manager", lambda inventory: Manager())
     monkeypatch.setattr(cluster, "deploy_facts", lambda client: cluster.parse_deploy_facts(encoded(FACTS)))
-    monkeypatch.setattr(ledger, "history", lambda inventory, model: HISTORY)
-    monkeypatch.setattr(ledger, "record", lambda inventory, entry: seen["recorded"].append(entry) or {"id": 42})
+    monkeypatch.setenv(contract.API_KEY_ENV, KEY)
+    monkeypatch.setattr(ledger, "history", lambda api, model: HISTORY)
+    monkeypatch.setattr(ledger, "record", lambda api, entry: seen["recorded"].append(entry) or {"id": 42})
     monkeypatch.setattr(modelimage, "existing", lambda client, repo, tag: (DIGEST, "hash-of-" + tag))
     monkeypatch.setattr(modelimage, "ensure_in_registry", lambda client, ref: None)
     monkeypatch.setattr(modelimage, "stage", lambda inventory, ref: seen["staged"].append(ref))
 
-    def fake_rollout(client, target, timeout, report, actor):
+    def fake_rollout(client, target, timeout, report, note):
         seen["rolled"].append(target)
         return rollout.Outcome(
-            target.name, "1.1.0", target.version, target.image, DIGEST, "succeeded", "ok", "t0", "t1", actor
+            target.name, "1.1.0", target.version, target.image, DIGEST, "succeeded", "ok", "t0", "t1", note
         )
 
     monkeypatch.setattr(rollout, "rollout", fake_rollout)
@@ -184,6 +186,7 @@ def test_cli_rollback_to_an_unrecorded_version_is_bad_input(fake_cluster, repo, 
 class LedgerHandler(BaseHTTPRequestHandler):
     answers: ClassVar[list] = []
     bodies: ClassVar[list] = []
+    authorizations: ClassVar[list] = []
 
     def log_message(self, *args):
         pass
@@ -197,17 +200,19 @@ class LedgerHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.authorizations.append(self.headers.get("Authorization"))
         self._answer()
 
     def do_GET(self):
         self.bodies.append(self.path)
+        self.authorizations.append(self.headers.get("Authorization"))
         self._answer()
 
 
 @pytest.fixture
 def ledger_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), LedgerHandler)
-    LedgerHandler.answers, LedgerHandler.bodies = [], []
+    LedgerHandler.answers, LedgerHandler.bodies, LedgerHandler.authorizations = [], [], []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"127.0.0.1:{server.server_address[1]}"
@@ -215,43 +220,68 @@ def ledger_server():
     server.server_close()
 
 
+KEY = "msk_0123456789ab_" + "k" * 43
+
+
 def inventory_of(*addresses):
     hosts = {f"node{i}": cluster.Host(f"node{i}", a) for i, a in enumerate(addresses, start=1)}
     return cluster.Inventory(hosts=hosts, groups={"managers": list(hosts), "leader": ["node1"]})
 
 
-def test_ledger_record_moves_on_from_a_node_that_does_not_answer(ledger_server, unused_tcp_port):
+def api_of(*addresses):
+    """The ledger's client over plain HTTP (no CA) with a key, as the CLI builds it."""
+    return Api(hosts=list(inventory_of(*addresses).managers), key=KEY, source="a test", verify=None)
+
+
+def test_ledger_record_moves_on_from_a_node_that_does_not_answer_and_sends_the_key(ledger_server, unused_tcp_port):
     LedgerHandler.answers = [(201, {"id": 7})]
-    stored = ledger.record(inventory_of(f"127.0.0.1:{unused_tcp_port}", ledger_server), {"model": "iris"})
+    stored = ledger.record(api_of(f"127.0.0.1:{unused_tcp_port}", ledger_server), {"model": "iris"})
     assert stored == {"id": 7}
     assert LedgerHandler.bodies == [{"model": "iris"}]
+    assert LedgerHandler.authorizations == [f"Bearer {KEY}"]
 
 
 def test_ledger_refusal_is_reported_with_the_consoles_message(ledger_server):
-    LedgerHandler.answers = [(400, {"errors": {"model": "required"}})]
-    with pytest.raises(ledger.LedgerError, match=r"refused the entry.*required"):
-        ledger.record(inventory_of(ledger_server), {})
+    LedgerHandler.answers = [(400, {"error": "invalid ledger entry", "details": {"model": "required"}})]
+    with pytest.raises(
+        ledger.LedgerError, match=r"could not be written: HTTP 400: invalid ledger entry: model: required"
+    ):
+        ledger.record(api_of(ledger_server), {})
+
+
+def test_a_refused_key_is_named_with_where_it_came_from(ledger_server):
+    LedgerHandler.answers = [(401, {"error": "invalid, revoked or expired credentials"})]
+    with pytest.raises(ledger.LedgerError, match=r"HTTP 401: .*the key from a test is unknown or revoked"):
+        ledger.record(api_of(ledger_server), {})
 
 
 def test_ledger_unreachable_everywhere_names_each_node(ledger_server, unused_tcp_port):
     LedgerHandler.answers = [(503, {}), (503, {})]
     with pytest.raises(ledger.LedgerError, match=r"could not be written: .*ConnectionError.*HTTP 503"):
-        ledger.record(inventory_of(f"127.0.0.1:{unused_tcp_port}", ledger_server), {})
+        ledger.record(api_of(f"127.0.0.1:{unused_tcp_port}", ledger_server), {})
 
 
 def test_ledger_history_asks_for_one_model(ledger_server):
     LedgerHandler.answers = [(200, HISTORY)]
-    assert ledger.history(inventory_of(ledger_server), "iris", limit=5) == HISTORY
+    assert ledger.history(api_of(ledger_server), "iris", limit=5) == HISTORY
     assert LedgerHandler.bodies == ["/api/rollouts?model=iris&limit=5"]
 
 
+def test_without_a_key_the_deploy_stops_before_anything_changes(monkeypatch, tmp_path, repo):
+    monkeypatch.delenv(contract.API_KEY_ENV, raising=False)
+    monkeypatch.setenv("MODELSWARM_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setattr(cluster, "manager", lambda inventory: pytest.fail("the cluster was touched"))
+    code = cli.main(["deploy", str(repo / "examples/models/iris"), "-i", str(repo / "tests/unit/inventories/good.yml")])
+    assert code == contract.Exit.USAGE
+
+
 def test_a_lost_ledger_write_is_a_warning_not_a_failed_rollout(monkeypatch):
-    def refuse(inventory, entry):
+    def refuse(api, entry):
         raise ledger.LedgerError("the ledger could not be written: node1: HTTP 502")
 
     monkeypatch.setattr(ledger, "record", refuse)
     outcome = rollout.Outcome("iris", None, "1", "r/models/iris:1@" + DIGEST, DIGEST, "succeeded", "", "a", "b")
-    recorded = pipeline.record(inventory_of("x"), outcome)
+    recorded = pipeline.record(api_of("x"), outcome)
     assert (recorded.ledger_id, recorded.exit_code) == (None, contract.Exit.OK)
     assert "HTTP 502" in recorded.ledger_warning
 

@@ -48,7 +48,7 @@ from modelswarm.apps.console.accounts import Identity
 MAX_BODY = 64 * 1024
 SESSION_COOKIE = "modelswarm_session"
 LOGIN_CSRF_COOKIE = "modelswarm_login_csrf"
-APP_DB_ROLE = "console_app"
+APP_DB_ROLE = ledger.APPLICATION_ROLE  # requests run as this database role
 CHALLENGE = 'Bearer realm="modelswarm", Basic realm="modelswarm"'
 
 _pages = Environment(loader=PackageLoader("modelswarm.apps.console", "templates"), autoescape=select_autoescape())
@@ -110,18 +110,17 @@ def prepare_database() -> None:
         app_password = _secret(*DB_LOGINS[APP_DB_ROLE])
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (ledger.MIGRATION_LOCK,))
-            try:
-                # psycopg2 quotes the password as a literal; the statement is not logged by this app.
-                cur.execute(f"ALTER ROLE {APP_DB_ROLE} LOGIN PASSWORD %s", (app_password,))
-                conn.commit()
-                accounts.bootstrap(
-                    conn,
-                    _secret("MODELSWARM_BOOTSTRAP_KEYS_FILE", "/run/secrets/console_bootstrap_keys", required=False),
-                    _secret("MODELSWARM_ADMIN_PASSWORD_FILE", "/run/secrets/console_admin_password", required=False),
-                )
-            finally:
+        try:
+            ledger.set_application_password(conn, app_password)
+            accounts.bootstrap(
+                conn,
+                _secret("MODELSWARM_BOOTSTRAP_KEYS_FILE", "/run/secrets/console_bootstrap_keys", required=False),
+                _secret("MODELSWARM_ADMIN_PASSWORD_FILE", "/run/secrets/console_admin_password", required=False),
+            )
+        finally:
+            with conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (ledger.MIGRATION_LOCK,))
-                conn.commit()
+            conn.commit()
     finally:
         conn.close()
 
@@ -298,7 +297,9 @@ def post_rollout(environ, identity: Identity) -> tuple[HTTPStatus, dict]:
         ledger.validate(entry)  # fail on bad input before touching the database
     except ledger.InvalidEntry as exc:
         raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid ledger entry", exc.errors) from exc
-    return HTTPStatus.CREATED, with_db(lambda conn: ledger.record(conn, entry, identity.name, identity.kind))
+    return HTTPStatus.CREATED, with_db(
+        lambda conn: ledger.record(conn, entry, actor=identity.name, actor_kind=identity.kind)
+    )
 
 
 def query(environ) -> dict[str, str]:
