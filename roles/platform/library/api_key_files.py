@@ -67,7 +67,7 @@ def main() -> None:
                     handle.write(key + "\n")
         match = pattern.fullmatch(key)
         if match is None:
-            module.fail_json(msg=f"{path} does not hold an API key ({prefix}_<id>_<secret>); move it away to get a new one")
+            module.fail_json(msg=f"{path} does not hold an API key ({prefix}_<id>_<secret>): move it away")
         results.append(
             {"name": name, "role": role, "key_id": match.group(1), "digest": hashlib.sha256(key.encode()).hexdigest()}
         )
