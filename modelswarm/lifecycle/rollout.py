@@ -85,7 +85,10 @@ class Outcome:
         )
 
     def ledger_entry(self) -> dict:
+        """The entry as the console's ledger accepts it. Who rolled out is the authenticated identity, which the
+        console records itself; the free text given as `actor` (e.g. a CI job) travels as the entry's note."""
         entry = asdict(self)
+        entry["note"] = entry.pop("actor")
         entry["image"] = self.image.split("@")[0]
         return entry
 
