@@ -84,7 +84,9 @@ class Api:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
-    def call(self, method: str, path: str, expected: tuple[int, ...] = (200,), **kwargs) -> requests.Response:
+    def call(
+        self, method: str, path: str, expected: tuple[int, ...] = (200,), timeout: float | None = None, **kwargs
+    ) -> requests.Response:
         """Send to the first node whose NGINX reaches the console. 401/403/4xx are final; the message says why."""
         failures = []
         for host in self.hosts:
@@ -93,7 +95,7 @@ class Api:
                     method,
                     self.base(host) + path,
                     headers=self.headers,
-                    timeout=self.timeout,
+                    timeout=timeout or self.timeout,
                     verify=self.verify if self.verify else True,
                     **kwargs,
                 )

@@ -298,6 +298,36 @@ def cmd_users(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from modelswarm.apiclient import secrets_dir
+    from modelswarm.lifecycle import ledger
+
+    api = Api.for_inventory(_inventory(args), "viewer")
+    if args.ledger_command == "export":
+        text = ledger.export_text(api)
+        entries = ledger.parse_export(text)  # refuse to write a damaged export
+        if args.output:
+            with open(args.output, "wb") as handle:
+                handle.write(text)
+            progress(f"ledger export: {len(entries)} entries -> {args.output}")
+        else:
+            sys.stdout.buffer.write(text)
+        return Exit.OK
+    anchor_file = args.anchor or str(secrets_dir() / "ledger-anchor.json")
+    anchor = None if args.no_anchor else ledger.load_anchor(anchor_file)
+    result, _ = ledger.verify(api, anchor)
+    payload = {"ok": result.ok, "checked": result.checked, "failed_id": result.failed_id, "reason": result.reason,
+               "head": list(result.head) if result.head else None, "anchor": list(anchor) if anchor else None}  # fmt: skip
+    if result.ok:
+        if not args.no_anchor:
+            ledger.save_anchor(anchor_file, result.head)
+        since = f"; the entry {anchor[0]} verified earlier is unchanged" if anchor else ""
+        _emit(args, payload, f"[green]ledger verified[/green]: {result.checked} entries, the chain holds{since}")
+        return Exit.OK
+    _emit(args, payload, f"[red]ledger verification failed[/red] at entry {result.failed_id}: {result.reason}")
+    return Exit.FAILED
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     from modelswarm import cluster
     from modelswarm.tooling import loadgen as loads
@@ -470,6 +500,23 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (create, listing, rotate, revoke):
         cluster_options(p)
     keys.set_defaults(func=cmd_keys)
+
+    ledger_parser = sub.add_parser(
+        "ledger",
+        help="verify the ledger's hash chain, or export it for auditors (a viewer key or better)",
+        description="verify: exit 0 when every entry's hash and link recompute, 1 naming the first entry that does "
+        "not match. It remembers the newest entry it verified (.secrets/ledger-anchor.json) and fails if that entry "
+        "later changes or vanishes, which also catches a chain rewritten from the start.",
+    )
+    ledger_sub = ledger_parser.add_subparsers(dest="ledger_command", required=True)
+    lverify = ledger_sub.add_parser("verify", help="recompute the hash chain here, on the controller")
+    lverify.add_argument("--anchor", help="anchor file (default: .secrets/ledger-anchor.json)")
+    lverify.add_argument("--no-anchor", action="store_true", help="neither read nor update the anchor")
+    lexport = ledger_sub.add_parser("export", help="the whole ledger as JSON lines (with its hashes)")
+    lexport.add_argument("-o", "--output", help="file to write (default: stdout)")
+    for p in (lverify, lexport):
+        cluster_options(p)
+    ledger_parser.set_defaults(func=cmd_ledger)
 
     users = sub.add_parser("users", help="console users: create, list, password, disable (admin)")
     users_sub = users.add_subparsers(dest="users_command", required=True)

@@ -281,3 +281,82 @@ def test_a_chain_rewritten_by_a_superuser_is_caught_against_the_anchor(chained):
     assert ledgerchain.verify(exported(chained)).ok
     result = ledgerchain.verify(exported(chained), anchor=anchor)
     assert not result.ok and result.failed_id == anchor[0] and "hash seen earlier" in result.reason
+
+
+# ------------------------------------------- the CLI's side: export through a node's HTTP, verify on the controller
+
+
+@pytest.fixture
+def export_server(chained, unused_tcp_port):
+    """A loopback stand-in for NGINX + the console: GET /api/ledger/export streams export_lines() with a token."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/api/ledger/export":
+                self.send_error(404)
+                return
+            if self.headers.get("Authorization") != f"Bearer {VIEWER_KEY}":
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson; charset=utf-8")
+            self.end_headers()
+            for line in ledger.export_lines(chained):
+                self.wfile.write(line.encode("utf-8"))
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", unused_tcp_port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{unused_tcp_port}"
+    server.shutdown()
+    server.server_close()
+
+
+VIEWER_KEY = "msk_0123456789ab_" + "v" * 43
+
+
+def api_of(*addresses, key=VIEWER_KEY):
+    from modelswarm.apiclient import Api
+    from modelswarm.cluster import Host
+
+    return Api(hosts=[Host(f"m{i}", address) for i, address in enumerate(addresses)], key=key, source="a test")
+
+
+def test_the_cli_exports_through_the_first_node_that_answers_and_verifies(export_server, chained, tmp_path):
+    from modelswarm.lifecycle import ledger as client
+
+    silent = "127.0.0.1:9"  # the discard port: nothing answers there
+    api = api_of(silent, export_server)
+    result, entries = client.verify(api)
+    assert result.ok and result.checked == 5 and [e["id"] for e in entries] == [1, 2, 3, 4, 5]
+    anchor_file = tmp_path / "ledger-anchor.json"
+    assert client.load_anchor(anchor_file) is None
+    client.save_anchor(anchor_file, result.head)
+    assert client.load_anchor(anchor_file) == result.head
+
+    as_superuser(chained, "UPDATE rollouts SET image = 'r/models/iris:forged' WHERE id = 4")
+    result, _ = client.verify(api, anchor=client.load_anchor(anchor_file))
+    assert not result.ok and result.failed_id == 4 and "hash mismatch at id 4" in result.reason
+
+
+def test_the_export_without_credentials_is_refused_at_once(export_server):
+    from modelswarm.lifecycle import ledger as client
+
+    with pytest.raises(client.LedgerError, match=r"HTTP 401.*unknown or revoked"):
+        client.export(api_of(export_server, "127.0.0.1:9", key="msk_0123456789ab_" + "x" * 43))
+
+
+def test_a_damaged_export_line_is_named():
+    from modelswarm.lifecycle import ledger as client
+
+    with pytest.raises(client.LedgerError, match="line 2 of the export is not JSON"):
+        client.parse_export(b'{"id": 1}\n{not json\n')
+    with pytest.raises(client.LedgerError, match="line 1 of the export is not a JSON object"):
+        client.parse_export(b"[1, 2]\n")
+    assert client.parse_export('{"note": "ü"}\n\n'.encode()) == [{"note": "ü"}]

@@ -109,6 +109,17 @@ def test_automatic_rollback_exits_3():
     assert outcome.ledger_entry()["image"] == "r:5000/models/iris:1.1.0"
 
 
+def test_the_ledger_entry_is_what_the_console_accepts():
+    """The console takes the actor from the request's identity; the rollout's free text arrives as the note."""
+    from modelswarm.apps.console import ledger
+
+    swarm = FakeSwarm(["updating", "completed"], [0, 2], existing=spec("old@sha256:1", "1.0.0"))
+    outcome, _ = run(swarm)
+    entry = outcome.ledger_entry()
+    assert "actor" not in entry and entry["note"] == outcome.note
+    assert ledger.validate(entry)["note"] == outcome.note
+
+
 def test_paused_update_fails():
     swarm = FakeSwarm(["updating", "paused"], [0], existing=spec("old@sha256:1", "1.0.0"))
     outcome, _ = run(swarm)

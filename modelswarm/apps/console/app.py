@@ -8,6 +8,7 @@
   GET  /api/cluster                  viewer   nodes and services, from the Docker API (the leader is a manager)
   GET  /api/models                   viewer   model services: version, image, replicas running/desired, update state
   GET  /api/rollouts[/<id>]          viewer   ledger, newest first (?model=NAME&limit=N), or one entry
+  GET  /api/ledger/export            viewer   the whole ledger as JSON lines in id order, with its hash chain
   POST /api/rollouts                 deploy   record one rollout; its actor is the caller, never the body
   GET/POST /api/keys                 admin    list keys (never a key or digest) / create one (the key is in the answer)
   DELETE /api/keys/<name>            admin    revoke; POST /api/keys/<name>/rotate: a new key, the old one revoked
@@ -325,6 +326,12 @@ def get_rollout(_environ, _identity, entry_id: str) -> tuple[HTTPStatus, object]
     return HTTPStatus.OK, entry
 
 
+def ledger_export(_environ, _identity) -> Response:
+    """The whole ledger for auditors and `modelswarm ledger verify`: JSON lines in id order, with both hashes."""
+    text = with_db(lambda conn: "".join(ledger.export_lines(conn)))
+    return Response(HTTPStatus.OK, text.encode(), [("Content-Type", "application/x-ndjson; charset=utf-8")])
+
+
 def api_cluster(_environ, _identity) -> tuple[HTTPStatus, object]:
     return HTTPStatus.OK, cluster()
 
@@ -506,6 +513,7 @@ ROUTES: list[tuple[str, re.Pattern, Callable, str]] = [
     ("POST", re.compile(r"^/api/rollouts$"), post_rollout, "deploy"),
     ("GET", re.compile(r"^/api/rollouts$"), list_rollouts, "viewer"),
     ("GET", re.compile(r"^/api/rollouts/(\d{1,18})$"), get_rollout, "viewer"),
+    ("GET", re.compile(r"^/api/ledger/export$"), ledger_export, "viewer"),
     ("GET", re.compile(r"^/api/keys$"), list_keys, "admin"),
     ("POST", re.compile(r"^/api/keys$"), create_key, "admin"),
     ("DELETE", re.compile(rf"^/api/keys/({NAME})$"), revoke_key, "admin"),
