@@ -316,8 +316,14 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     anchor_file = args.anchor or str(secrets_dir() / "ledger-anchor.json")
     anchor = None if args.no_anchor else ledger.load_anchor(anchor_file)
     result, _ = ledger.verify(api, anchor)
-    payload = {"ok": result.ok, "checked": result.checked, "failed_id": result.failed_id, "reason": result.reason,
-               "head": list(result.head) if result.head else None, "anchor": list(anchor) if anchor else None}  # fmt: skip
+    payload = {
+        "ok": result.ok,
+        "checked": result.checked,
+        "failed_id": result.failed_id,
+        "reason": result.reason,
+        "head": list(result.head) if result.head else None,
+        "anchor": list(anchor) if anchor else None,
+    }
     if result.ok:
         if not args.no_anchor:
             ledger.save_anchor(anchor_file, result.head)
