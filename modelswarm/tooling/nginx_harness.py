@@ -350,6 +350,14 @@ class HostNginx:
         self.process.send_signal(signal.SIGHUP)
         wait_for(lambda: not (old & _children(self.process.pid)) and _children(self.process.pid), 10, "nginx reload")
 
+    def entrypoint(self, url: str, interval: float) -> Path:
+        """The role's NGINX entrypoint for this configuration (not started), polling `url` every `interval` s."""
+        paths = {**self.variables["_platform_nginx"], "grants_url": url}
+        variables = {**self.variables, "_platform_nginx": paths, "platform_nginx_grants_poll_interval": interval}
+        path = self.root / "entrypoint.sh"
+        path.write_text(render("nginx-entrypoint.sh.j2", variables))
+        return path
+
     def errors(self) -> str:
         return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
 

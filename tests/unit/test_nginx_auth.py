@@ -9,6 +9,7 @@ import itertools
 import json
 import re
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -397,3 +398,71 @@ def test_the_njs_rules_are_the_contract_rules():
     assert f"var NAME = /^{contract.PRINCIPAL_NAME_PATTERN}$/;" in source_text
     # The njs file never logs: no key, digest or header can reach the error log from it.
     assert not re.search(r"\br\.(log|warn|error)\(|ngx\.log", source_text)
+
+
+def test_the_harness_renders_the_templates_as_ansible_does(tmp_path):
+    """The tests above run what Ansible deploys: the same templates give the same text through Ansible's template
+    lookup (as tasks/deploy.yml calls it) and through the harness, but for the `ansible_managed` line."""
+    import subprocess
+    import sys
+
+    names = ["nginx.conf.j2", "nginx-entrypoint.sh.j2"]
+    playbook = tmp_path / "render.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [
+                        str(harness.REPO / contract.ANSIBLE_VARS_FILE),
+                        str(harness.ROLE / "defaults/main.yml"),
+                        str(harness.ROLE / "vars/main.yml"),
+                    ],
+                    "vars": {"templates": f"{harness.ROLE}/templates/"},
+                    "tasks": [
+                        {
+                            "ansible.builtin.copy": {
+                                "content": "{{ lookup('ansible.builtin.template', templates ~ item) }}",
+                                "dest": f"{tmp_path}/{{{{ item }}}}",
+                                "mode": "0600",
+                            },
+                            "loop": names,
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+        cwd=harness.REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    for name in names:
+        by_ansible = (tmp_path / name).read_text().splitlines()
+        by_harness = harness.render(name, harness.role_vars()).splitlines()
+        assert by_ansible[1:] == by_harness[1:], name
+
+
+def test_the_stack_runs_the_entrypoint_with_the_grants_volume_token_and_configs():
+    import yaml
+
+    variables = harness.role_vars(
+        _platform_endpoint_mode="dnsrr",
+        _platform_leader_constraint="node.labels.x == true",
+        platform_overlay_encrypted=False,
+        _platform_configs={"nginx_conf": "c1", "nginx_auth_js": "c2", "nginx_entrypoint": "c3"},
+        _platform_secrets={"nginx_grants_token": "s1"},
+    )
+    stack = yaml.safe_load(harness.render("stack.yml.j2", variables))
+    nginx, console = stack["services"]["nginx"], stack["services"][contract.CONSOLE_SERVICE]
+    paths = variables["_platform_nginx"]
+    assert nginx["command"] == ["/bin/sh", paths["entrypoint"]]
+    assert {"source": "nginx_entrypoint", "target": paths["entrypoint"]} in nginx["configs"]
+    assert {"source": "nginx_auth_js", "target": paths["auth_js"]} in nginx["configs"]
+    assert "nginx_grants_token" in nginx["secrets"] and "nginx_grants_token" in console["secrets"]
+    assert nginx["volumes"] == [f"nginx-grants:{paths['grants_dir']}"]
+    assert "nginx-grants" in stack["volumes"]
+    assert paths["grants_file"].startswith(paths["grants_dir"] + "/")
