@@ -229,7 +229,8 @@ class HostNginx:
 
     `models`: the model names whose services exist (the others are "not deployed"): each, and the console, is the
     stub upstream on `upstream_port`. `settings`: role variables to set (e.g. platform_nginx_auth_rate);
-    `extra_locations`: NGINX text added to the main server (the benchmark's unchecked location).
+    `extra_locations`: NGINX text added to the main server, `extra_http` to the http block (the benchmark's
+    unchecked location and its upstream).
     """
 
     def __init__(
@@ -241,6 +242,7 @@ class HostNginx:
         models: Iterable[str] = (),
         settings: dict | None = None,
         extra_locations: str = "",
+        extra_http: str = "",
     ) -> None:
         self.root = root
         self.http_port = free_port()
@@ -287,6 +289,9 @@ class HostNginx:
             marker = "    location / {\n      set $console_upstream"
             assert text.count(marker) == 1
             text = text.replace(marker, extra_locations + "\n" + marker, 1)
+        if extra_http:
+            assert text.endswith("\n}\n")
+            text = text[: -len("}\n")] + extra_http + "\n}\n"
         self.conf.write_text(text)
 
     def _certificate(self) -> None:
