@@ -1,6 +1,6 @@
 """Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
 
-    .venv/bin/python benchmarks/bench.py all          # or: converge | hop | replicas | heartbeat | rollout
+    .venv/bin/python benchmarks/bench.py all          # or: converge | hop | replicas | heartbeat | rollout | auth
     .venv/bin/python benchmarks/bench.py down         # remove the bench lab
 
 The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
@@ -14,11 +14,18 @@ from `hey` through modelswarm.load, to lab addresses only.
 - heartbeat: seconds from a hard-stopped replica node to 2 running replicas again, with the default dispatcher
              heartbeat (5 s) and a tuned one (1 s).
 - rollout:   duration of a version bump (code-only change) and of a no-op deploy.
+- auth:      the cost of NGINX's API key checks: the host's nginx + njs on loopback (no lab), the role's own
+             nginx.conf, two locations proxying to the same fast upstream (an NGINX `return 200` server), one with
+             the key checks (the model route) and one without (the same location minus the checks); p50/p99 of
+             each, requests interleaved one by one, then under load with hey (rounds alternating).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import http.client
+import io
 import json
 import os
 import platform
@@ -41,9 +48,10 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 
 from modelswarm import cluster  # noqa: E402
+from modelswarm.apps.console.grants import Grant, render_nginx_grants  # noqa: E402
 from modelswarm.lab import LabSettings  # noqa: E402
-from modelswarm.tooling import recap  # noqa: E402
-from modelswarm.tooling.loadgen import LoadPlan, run  # noqa: E402
+from modelswarm.tooling import nginx_harness, recap  # noqa: E402
+from modelswarm.tooling.loadgen import LoadPlan, percentile, run  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SETTINGS = LabSettings.from_env()
@@ -214,28 +222,136 @@ def bench_rollout() -> None:
     record("rollout", version_bump_s=round(bump, 1), noop_deploy_s=round(noop, 1))
 
 
+def _unchecked_location(upstream_port: int) -> str:
+    """The model route exactly as the role renders it, under /_unchecked/ (no Promote user name starts with "_")
+    and without the key check: the `if` that sends failed checks away and the key-name header (all that runs njs)."""
+    text = nginx_harness.render("nginx.conf.j2", nginx_harness.role_vars(modelswarm_model_port=upstream_port))
+    start = text.index('    location ~ "^/models/(?<model>')
+    start = text.index('    location ~ "^/models/(?<model>', start + 1)  # the second: the route, not the redirect
+    block = text[start : text.index("\n    }\n", start) + len("\n    }")]
+    assert "(?<rest>/.*)$" in block.splitlines()[0]
+    cut = block.replace('location ~ "^/models/', 'location ~ "^/_unchecked/models/', 1)
+    for removed in (
+        "      if ($modelswarm_auth_deny) {\n        rewrite ^ $modelswarm_auth_deny last;\n      }\n",
+        "      proxy_set_header X-Modelswarm-Key-Name $modelswarm_key_name;\n",
+    ):
+        assert removed in cut, removed
+        cut = cut.replace(removed, "")
+    assert "modelswarm_auth" not in cut and "modelswarm_key" not in cut
+    return cut
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    values = sorted(values)
+    return percentile(values, 0.50), percentile(values, 0.99)
+
+
+def _hey_latencies(url: str, key: str, requests: int, concurrency: int) -> list[float]:
+    result = subprocess.run(
+        ["hey", "-n", str(requests), "-c", str(concurrency), "-t", "10", "-o", "csv", "-m", "POST",
+         "-T", "application/json", "-d", BODY, "-H", f"Authorization: Bearer {key}", url],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    if len(rows) != requests or any(row["status-code"] != "200" for row in rows):
+        raise SystemExit(f"hey {url}: {len(rows)} answers of {requests}, not all 200")
+    return [float(row["response-time"]) * 1000 for row in rows]
+
+
+def bench_auth(requests: int = 20000) -> None:
+    say(f"auth: NGINX with and without the key checks, {requests} requests each, interleaved (host nginx, loopback)")
+    if reason := nginx_harness.missing_packages():
+        raise SystemExit(reason)
+    key, digest = nginx_harness.new_key()
+    grants = render_nginx_grants(1, [Grant("bench", "predict", None, digest)])
+    upstream_port = nginx_harness.free_port()
+    fast_upstream = (
+        f"  server {{\n    listen 127.0.0.1:{upstream_port};\n    access_log off;\n"
+        '    location / { return 200 \'{"prediction": "virginica"}\\n\'; }\n  }'
+    )
+    with tempfile.TemporaryDirectory() as tmp, nginx_harness.HostNginx(
+        Path(tmp), grants=grants, upstream_port=upstream_port, models=["iris"],
+        extra_locations=_unchecked_location(upstream_port), extra_http=fast_upstream,
+    ) as server:  # fmt: skip
+        paths = {"checked": "/models/iris/predict", "unchecked": "/_unchecked/models/iris/predict"}
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        connections = {name: http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10) for name in paths}
+        latencies: dict[str, list[float]] = {name: [] for name in paths}
+
+        def once(name: str) -> float:
+            started = time.perf_counter_ns()
+            connections[name].request("POST", paths[name], body=BODY, headers=headers)
+            response = connections[name].getresponse()
+            response.read()
+            took = (time.perf_counter_ns() - started) / 1e6
+            if response.status != 200:
+                raise SystemExit(f"{paths[name]}: HTTP {response.status}")
+            return took
+
+        for _ in range(1000):  # warm up both
+            once("checked"), once("unchecked")
+        # One client, one request at a time, alternating (ABBA): both locations see the same moments of the machine.
+        for i in range(requests):
+            for name in ("checked", "unchecked") if i % 2 == 0 else ("unchecked", "checked"):
+                latencies[name].append(once(name))
+        for connection in connections.values():
+            connection.close()
+        figures = {}
+        for name in paths:
+            p50, p99 = _percentiles(latencies[name])
+            figures[f"{name}_p50_ms"], figures[f"{name}_p99_ms"] = round(p50, 3), round(p99, 3)
+        figures["added_p50_ms"] = round(figures["checked_p50_ms"] - figures["unchecked_p50_ms"], 3)
+        figures["added_p99_ms"] = round(figures["checked_p99_ms"] - figures["unchecked_p99_ms"], 3)
+        record("key checks, one client", requests_each=requests, **figures)
+
+        if shutil.which("hey"):
+            # Under load: 4 concurrent clients, rounds alternating between the locations (hey takes one URL).
+            loaded: dict[str, list[float]] = {name: [] for name in paths}
+            for round_ in range(6):
+                for name in ("checked", "unchecked") if round_ % 2 == 0 else ("unchecked", "checked"):
+                    url = f"http://127.0.0.1:{server.http_port}{paths[name]}"
+                    loaded[name] += _hey_latencies(url, key, max(requests // 24 * 4, 100), 4)
+            figures = {}
+            for name in paths:
+                p50, p99 = _percentiles(loaded[name])
+                figures[f"{name}_p50_ms"], figures[f"{name}_p99_ms"] = round(p50, 2), round(p99, 2)
+            record("key checks, 4 clients (hey)", requests_each=len(loaded["checked"]), **figures)
+        versions = subprocess.run([nginx_harness.NGINX, "-v"], capture_output=True, text=True, check=False).stderr
+        record("key checks, software", nginx=versions.strip().split("/")[-1], njs=_njs_version())
+
+
+def _njs_version() -> str:
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-http-js"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or "unknown"
+
+
 def bench_down() -> None:
     """Remove the bench lab (not a benchmark: `make bench` ends with it)."""
     tool("modelswarm", "lab", "down")
 
 
 BENCHES = {"converge": bench_converge, "hop": bench_hop, "replicas": bench_replicas,
-           "heartbeat": bench_heartbeat, "rollout": bench_rollout}  # fmt: skip
+           "heartbeat": bench_heartbeat, "rollout": bench_rollout, "auth": bench_auth}  # fmt: skip
+# Benchmarks that need no lab (they run on the host, on loopback).
+NO_LAB = {"auth"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="+", choices=[*BENCHES, "all", "down"])
+    parser.add_argument("--auth-requests", type=int, default=20000, help="auth: requests per location (20000)")
     args = parser.parse_args()
     if args.which == ["down"]:
         bench_down()
         return 0
     names = list(BENCHES) if "all" in args.which else args.which
-    if "converge" not in names and not SETTINGS.inventory_file.exists():
+    if "converge" not in names and set(names) - NO_LAB and not SETTINGS.inventory_file.exists():
         raise SystemExit(f"no bench lab ({SETTINGS.inventory_file}): run `bench.py converge` first")
     started = datetime.now(UTC)
     for name in names:
-        BENCHES[name]()
+        BENCHES[name](**({"requests": args.auth_requests} if name == "auth" else {}))
     memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
     machine = {"cpus": os.cpu_count(), "memory_gb": memory_gb, "kernel": platform.release(),
                "python": platform.python_version()}  # fmt: skip

@@ -1,0 +1,412 @@
+"""The platform's NGINX on loopback, for the unit tests and the key-check benchmark (not for production).
+
+It renders the platform role's own templates (nginx.conf.j2, nginx-entrypoint.sh.j2) with the role's defaults and
+the contract's values, as Ansible does, with only the file paths and listen addresses pointed at a scratch
+directory and 127.0.0.1, and runs the host's nginx with the role's own njs file (Debian's nginx-light and
+libnginx-mod-http-js: `scripts/test-packages.sh`). Model services and the console are found as in the swarm: by
+name, through NGINX's resolver, here a stub DNS server on loopback that knows the names it is given (the stub
+upstream's port stands in for the contract's model and console ports).
+
+Processes are children of the caller, tracked and stopped by their PID; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from modelswarm import contract
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "roles" / "platform"
+AUTH_JS = ROLE / "files" / "nginx" / "modelswarm_auth.js"
+NGINX = "/usr/sbin/nginx"
+JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+
+
+def missing_packages() -> str | None:
+    """Why the host cannot run the harness, or None."""
+    if not Path(NGINX).exists() or not JS_MODULE.exists():
+        return "the host lacks nginx or its njs module: run scripts/test-packages.sh (make unit does)"
+    if shutil.which("openssl") is None:
+        return "the host lacks openssl (for a throwaway TLS certificate)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def new_key() -> tuple[str, str]:
+    """A key in the contract's format and its SHA-256 hex digest (as the console makes them)."""
+    key = f"{contract.API_KEY_PREFIX}_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+def role_vars(**overrides) -> dict:
+    """The variables the role's templates see: the contract's, the role's defaults and its NGINX paths."""
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    internal = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    variables = {
+        **copy.deepcopy(contract.ANSIBLE_VARS),
+        **defaults,
+        "_platform_nginx": internal["_platform_nginx"],
+        "ansible_managed": "Rendered by modelswarm.tooling.nginx_harness (a test); Ansible renders the real one.",
+    }
+    variables.update(overrides)
+    return variables
+
+
+def render(template: str, variables: dict) -> str:
+    """A role template rendered as Ansible renders it (trim_blocks on, undefined variables are errors)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROLE / "templates"),
+        trim_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # NGINX configuration and shell, not HTML  # noqa: S701
+    )
+    return env.get_template(template).render(**variables)
+
+
+# ------------------------------------------------------------------------------------------------ the upstream
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        document = {
+            "method": self.command,
+            "path": self.path,
+            "key_name": self.headers.get("X-Modelswarm-Key-Name"),
+            "authorization": self.headers.get("Authorization"),
+            "body": body.decode("utf-8", "replace"),
+        }
+        payload = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, format, *args) -> None:  # quiet
+        pass
+
+
+class StubUpstream:
+    """A model replica and console stand-in on 127.0.0.1: answers every request with what it received (JSON)."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> StubUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+class StubDNS:
+    """A DNS server on 127.0.0.1 (UDP) that answers A queries for the names it knows with 127.0.0.1, and NXDOMAIN
+    for any other: Docker's embedded DNS for the swarm's service names, as NGINX asks it."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = {n.lower() for n in names}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def answer(self, query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        labels, at = [], 12
+        while at < len(query) and query[at] != 0:
+            length = query[at]
+            labels.append(query[at + 1 : at + 1 + length].decode("ascii", "replace"))
+            at += 1 + length
+        question = query[12 : at + 5]  # the name, its terminating zero, type and class
+        qtype = int.from_bytes(query[at + 1 : at + 3], "big")
+        known = ".".join(labels).lower() in self.names and qtype == 1
+        header = (
+            query[:2] + (b"\x81\x80" if known else b"\x81\x83") + b"\x00\x01" + (b"\x00\x01" if known else b"\x00\x00")
+        )
+        header += b"\x00\x00\x00\x00"
+        record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton("127.0.0.1")
+        return header + question + (record if known else b"")
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                query, peer = self.sock.recvfrom(512)
+            except (TimeoutError, OSError):
+                continue
+            response = self.answer(query)
+            if response is not None:
+                self.sock.sendto(response, peer)
+
+    def __enter__(self) -> StubDNS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+# ----------------------------------------------------------------------------------------------------- NGINX
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy, at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s")
+        time.sleep(interval)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class HostNginx:
+    """The platform's nginx.conf (the role's template) on loopback, run by the host's nginx.
+
+    `models`: the model names whose services exist (the others are "not deployed"): each, and the console, is the
+    stub upstream on `upstream_port`. `settings`: role variables to set (e.g. platform_nginx_auth_rate);
+    `extra_locations`: NGINX text added to the main server, `extra_http` to the http block (the benchmark's
+    unchecked location and its upstream).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        grants: str,
+        upstream_port: int,
+        models: Iterable[str] = (),
+        settings: dict | None = None,
+        extra_locations: str = "",
+        extra_http: str = "",
+    ) -> None:
+        self.root = root
+        self.http_port = free_port()
+        self.https_port = free_port()
+        self.access_log = root / "access.log"
+        self.error_log = root / "error.log"
+        self.grants_file = root / "grants" / "grants.conf"
+        self.conf = root / "nginx.conf"
+        self.pid_file = root / "nginx.pid"
+        self.process: subprocess.Popen | None = None
+        self.dns = StubDNS([contract.CONSOLE_SERVICE, *(contract.MODEL_SERVICE_PREFIX + m for m in models)])
+        root.mkdir(parents=True, exist_ok=True)
+        self.grants_file.parent.mkdir(exist_ok=True)
+        self.grants_file.write_text(grants)
+        shutil.copyfile(AUTH_JS, root / "modelswarm_auth.js")
+        self._certificate()
+        paths = {
+            **role_vars()["_platform_nginx"],
+            "binary": NGINX,
+            "conf": str(self.conf),
+            "pid": str(self.pid_file),
+            "access_log": str(self.access_log),
+            "error_log": str(self.error_log),
+            "listen_address": "127.0.0.1",
+            "resolver": f"127.0.0.1:{self.dns.port}",
+            "tls_certificate": str(root / "server.crt"),
+            "tls_certificate_key": str(root / "server.key"),
+            "js_module": str(JS_MODULE),
+            "auth_js": str(root / "modelswarm_auth.js"),
+            "grants_dir": str(self.grants_file.parent),
+            "grants_file": str(self.grants_file),
+            "grants_token": str(root / "grants-token"),
+        }
+        self.variables = role_vars(
+            _platform_nginx=paths,
+            platform_http_port=self.http_port,
+            platform_https_port=self.https_port,
+            modelswarm_model_port=upstream_port,
+            modelswarm_console_port=upstream_port,
+            **(settings or {}),
+        )
+        text = render("nginx.conf.j2", self.variables)
+        if extra_locations:
+            marker = "    location / {\n      set $console_upstream"
+            assert text.count(marker) == 1
+            text = text.replace(marker, extra_locations + "\n" + marker, 1)
+        if extra_http:
+            assert text.endswith("\n}\n")
+            text = text[: -len("}\n")] + extra_http + "\n}\n"
+        self.conf.write_text(text)
+
+    def _certificate(self) -> None:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-subj", "/CN=localhost", "-days", "1", "-keyout", str(self.root / "server.key"),
+             "-out", str(self.root / "server.crt")],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+
+    # --- life cycle
+
+    def test_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [NGINX, "-t", "-q", "-e", str(self.error_log), "-c", str(self.conf)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    def start(self) -> HostNginx:
+        self.dns.__enter__()
+        self.process = subprocess.Popen(
+            [NGINX, "-e", str(self.error_log), "-c", str(self.conf), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: self.process.poll() is not None or _port_open(self.http_port), 10, "nginx listening")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited ({self.process.returncode}): {self.errors()[-2000:]}")
+            wait_for(lambda: _port_open(self.https_port), 10, "nginx listening on https")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.dns._thread.is_alive():
+            self.dns.__exit__()
+
+    def __enter__(self) -> HostNginx:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def reload(self, grants: str | None = None) -> None:
+        """New grants (if given), then SIGHUP; returns once the workers that ran the old configuration are gone."""
+        assert self.process is not None and self.process.poll() is None
+        if grants is not None:
+            temporary = self.grants_file.with_suffix(".new")
+            temporary.write_text(grants)
+            os.replace(temporary, self.grants_file)
+        old = _children(self.process.pid)
+        self.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: not (old & _children(self.process.pid)) and _children(self.process.pid), 10, "nginx reload")
+
+    def entrypoint(self, url: str, interval: float) -> Path:
+        """The role's NGINX entrypoint for this configuration (not started), polling `url` every `interval` s."""
+        paths = {**self.variables["_platform_nginx"], "grants_url": url}
+        variables = {**self.variables, "_platform_nginx": paths, "platform_nginx_grants_poll_interval": interval}
+        path = self.root / "entrypoint.sh"
+        path.write_text(render("nginx-entrypoint.sh.j2", variables))
+        return path
+
+    def errors(self) -> str:
+        return self.error_log.read_text(errors="replace") if self.error_log.exists() else ""
+
+    # --- clients
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        source: str = "127.0.0.1",
+        https: bool = False,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request on a new connection from `source` (any 127.x.y.z: each is its own client address)."""
+        if https:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.root / "server.crt"))
+            context.check_hostname = False
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", self.https_port, timeout=10, source_address=(source, 0), context=context
+            )
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10, source_address=(source, 0))
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def raw(self, data: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
+        """Send `data` as it is (a request with any bytes in it) and read the answer until NGINX closes."""
+        with socket.create_connection(("127.0.0.1", self.http_port), timeout=10, source_address=(source, 0)) as sock:
+            sock.sendall(data)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers, body
