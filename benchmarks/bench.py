@@ -107,13 +107,17 @@ def replica_nodes() -> list[str]:
 
 
 def deploy(bundle: Path) -> tuple[float, subprocess.CompletedProcess]:
-    return tool("modelswarm", "deploy", str(bundle), "-i", INVENTORY, "--json", MODELSWARM_ACTOR="benchmark")
+    return tool("modelswarm", "deploy", str(bundle), "-i", INVENTORY, "--json", MODELSWARM_NOTE="benchmark")
 
 
 def load(url: str, requests: int, concurrency: int, rate_per_worker: float = 0.0):
-    return run(
-        LoadPlan(url=url, body=BODY, requests=requests, concurrency=concurrency, rate_per_worker=rate_per_worker)
-    )
+    """Predictions carry the controller's deploy key (NGINX checks it); the direct calls to a replica ignore it."""
+    from modelswarm.apiclient import api_key
+
+    key, _ = api_key("predict")
+    plan = LoadPlan(url=url, body=BODY, requests=requests, concurrency=concurrency, rate_per_worker=rate_per_worker,
+                    headers=(f"Authorization: Bearer {key}",))  # fmt: skip
+    return run(plan)
 
 
 # --------------------------------------------------------------------------------------------------- benchmarks
