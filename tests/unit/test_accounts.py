@@ -295,3 +295,43 @@ def test_sign_in_session_csrf_and_sign_out(console):
     assert http("POST", "/api/keys", {"name": "zed"}, headers={**session, "HTTP_X_CSRF_TOKEN": session_csrf})[0] == 201
     assert http("POST", "/logout", form={"csrf": session_csrf}, headers=session)[0] == 303
     assert http("GET", "/api/whoami", headers=session)[0] == 401
+
+
+def test_a_revoked_controller_key_stays_revoked_when_the_console_restarts(db):
+    key, key_id = accounts.new_key()
+    handed = json.dumps(
+        [{"name": "controller-deploy", "role": "deploy", "key_id": key_id, "digest": accounts.digest(key)}]
+    )
+    accounts.bootstrap(db, handed, None)
+    accounts.revoke_key(db, "controller-deploy", by="admin")
+    assert accounts.bootstrap(db, handed, None) == []  # a restart takes over the same secret again
+    assert accounts.key_identity(db, accounts.Credentials(key)) is None
+
+
+def test_changes_to_the_console_need_bearer_not_basic(console):
+    basic = "Basic " + base64.b64encode(f"controller-admin:{console}".encode()).decode()
+    assert http("GET", "/api/keys", headers={"HTTP_AUTHORIZATION": basic})[0] == 200
+    status, headers, _ = http("POST", "/api/keys", {"name": "eve"}, headers={"HTTP_AUTHORIZATION": basic})
+    assert status == 401 and dict(headers)["WWW-Authenticate"] == 'Bearer realm="modelswarm"'
+
+
+def test_a_model_limited_deploy_key_records_only_its_models(console):
+    ci = json.loads(http("POST", "/api/keys", {"name": "ci", "role": "deploy", "models": ["iris"]}, key=console)[2])
+    entry = {"model": "sentiment", "to_version": "2", "image": "r/x:2", "result": "succeeded",
+             "started_at": "2026-11-22T10:00:00Z", "finished_at": "2026-11-22T10:00:01Z"}  # fmt: skip
+    assert http("POST", "/api/rollouts", entry, key=ci["key"])[0] == 403
+    stored = http("POST", "/api/rollouts", {**entry, "model": "iris"}, key=ci["key"])
+    assert stored[0] == 201 and json.loads(stored[2])["actor"] == "ci"
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "/\tevil", "https://evil.example", "x"])
+def test_sign_in_never_redirects_off_site(console, target):
+    _, _, body = http("GET", "/login")
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', body).group(1).decode()
+    status, headers, _ = http(
+        "POST",
+        "/login",
+        form={"user": "admin", "password": "first-admin-password", "csrf": csrf, "next": target},
+        headers={"HTTP_COOKIE": f"{app.LOGIN_CSRF_COOKIE}={csrf}"},
+    )
+    assert status == 303 and dict(headers)["Location"] == "/"

@@ -125,6 +125,10 @@ def _check_key_request(name: object, role: object, models: object) -> tuple[str,
 # ------------------------------------------------------------------------------------------------ keys: storage
 
 
+def _unique_violation(exc: Exception) -> bool:
+    return getattr(exc, "pgcode", None) == "23505"  # two requests raced for the same name
+
+
 def _bump(cur) -> int:
     cur.execute("UPDATE grants_state SET version = version + 1 RETURNING version")
     return cur.fetchone()[0]
@@ -145,10 +149,16 @@ def create_key(conn, name: object, role: object = "predict", models: object = No
         if cur.fetchone():
             conn.rollback()
             raise Conflict(f"{name} already has a working key: revoke or rotate it")
-        cur.execute(
-            "INSERT INTO api_keys (key_id, digest, name, role, models, created_by) VALUES (%s, %s, %s, %s, %s, %s)",
-            (key_id, digest(key), name, role, models, by),
-        )
+        try:
+            cur.execute(
+                "INSERT INTO api_keys (key_id, digest, name, role, models, created_by) VALUES (%s, %s, %s, %s, %s, %s)",
+                (key_id, digest(key), name, role, models, by),
+            )
+        except Exception as exc:
+            conn.rollback()
+            if _unique_violation(exc):
+                raise Conflict(f"{name} already has a working key: revoke or rotate it") from None
+            raise
         version = _bump(cur)
     conn.commit()
     return {"name": name, "role": role, "models": models, "key_id": key_id, "key": key, "grants_version": version}
@@ -273,10 +283,16 @@ def create_user(conn, name: object, role: object, password: str | None = None, *
         if cur.fetchone():
             conn.rollback()
             raise Conflict(f"user {name} exists")
-        cur.execute(
-            "INSERT INTO users (name, role, password_hash, created_by) VALUES (%s, %s, %s, %s)",
-            (name, role, _hasher().hash(password), by),
-        )
+        try:
+            cur.execute(
+                "INSERT INTO users (name, role, password_hash, created_by) VALUES (%s, %s, %s, %s)",
+                (name, role, _hasher().hash(password), by),
+            )
+        except Exception as exc:
+            conn.rollback()
+            if _unique_violation(exc):
+                raise Conflict(f"user {name} exists") from None
+            raise
     conn.commit()
     return {"name": name, "role": role, **({"password": password} if generated else {})}
 
@@ -395,9 +411,10 @@ def bootstrap(conn, keys_json: str | None, admin_password: str | None) -> list[s
             name, role, key_digest = entry["name"], entry["role"], entry["digest"]
             _check_key_request(name, role, None)
             key_id = entry["key_id"]
-            cur.execute("SELECT digest FROM api_keys WHERE name = %s AND revoked_at IS NULL", (name,))
-            row = cur.fetchone()
-            if row and hmac.compare_digest(row[0], key_digest):
+            # Known already (working, or revoked by an admin since): nothing to do. A revoked controller key stays
+            # revoked at every restart; a new key file on the controller (then a converge) brings a new key.
+            cur.execute("SELECT 1 FROM api_keys WHERE digest = %s OR key_id = %s", (key_digest, key_id))
+            if cur.fetchone():
                 continue
             cur.execute(
                 "UPDATE api_keys SET revoked_at = now(), revoked_by = 'converge'"

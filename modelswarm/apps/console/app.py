@@ -50,7 +50,8 @@ MAX_BODY = 64 * 1024
 SESSION_COOKIE = "modelswarm_session"
 LOGIN_CSRF_COOKIE = "modelswarm_login_csrf"
 APP_DB_ROLE = ledger.APPLICATION_ROLE  # requests run as this database role
-CHALLENGE = 'Bearer realm="modelswarm", Basic realm="modelswarm"'
+# Only Bearer: a Basic challenge would make browsers prompt, cache and replay a key on cross-site requests.
+CHALLENGE = 'Bearer realm="modelswarm"'
 
 _pages = Environment(loader=PackageLoader("modelswarm.apps.console", "templates"), autoescape=select_autoescape())
 _prepared = False
@@ -298,6 +299,8 @@ def post_rollout(environ, identity: Identity) -> tuple[HTTPStatus, dict]:
         ledger.validate(entry)  # fail on bad input before touching the database
     except ledger.InvalidEntry as exc:
         raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid ledger entry", exc.errors) from exc
+    if identity.models is not None and entry["model"] not in identity.models:
+        raise HTTPError(HTTPStatus.FORBIDDEN, f"{identity.name}'s key is limited to {', '.join(identity.models)}")
     return HTTPStatus.CREATED, with_db(
         lambda conn: ledger.record(conn, entry, actor=identity.name, actor_kind=identity.kind)
     )
@@ -459,7 +462,8 @@ def login(environ, identity) -> Response:
         return login_form(environ, identity, "Wrong user name or password.", HTTPStatus.UNAUTHORIZED)
     token = with_db(lambda conn: accounts.start_session(conn, user))
     target = form.get("next", "/")
-    target = target if target.startswith("/") and not target.startswith("//") else "/"
+    # Only a plain local path: no scheme, host, backslash or control character can make it leave this site.
+    target = target if re.fullmatch(r"/(?![/\\])[A-Za-z0-9/_.~?=&%-]*", target) else "/"
     lifetime = int(accounts.SESSION_LIFETIME.total_seconds())
     session, spent = _cookie(SESSION_COOKIE, token, max_age=lifetime), _cookie(LOGIN_CSRF_COOKIE, "", 0, "/login")
     return Response(HTTPStatus.SEE_OTHER, "", [("Location", target), session, spent])
@@ -543,6 +547,16 @@ def authorize(environ, handler: Callable, who: str) -> Identity | None:
         raise HTTPError(
             HTTPStatus.UNAUTHORIZED,
             "invalid, revoked or expired credentials" if sent else "credentials required: an API key or a session",
+            headers=[("WWW-Authenticate", CHALLENGE)],
+        )
+    if (
+        environ["REQUEST_METHOD"] not in ("GET", "HEAD")
+        and environ.get("HTTP_AUTHORIZATION", "")[:6].lower() == "basic "
+    ):
+        # Browsers replay cached Basic credentials on cross-site requests: changes need Bearer (or a session + CSRF).
+        raise HTTPError(
+            HTTPStatus.UNAUTHORIZED,
+            "changes need Authorization: Bearer <key>",
             headers=[("WWW-Authenticate", CHALLENGE)],
         )
     if who == SESSION_USER:

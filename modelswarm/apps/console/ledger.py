@@ -144,10 +144,14 @@ def _timestamp(value, field: str, errors: dict[str, str]) -> datetime | None:
         errors[field] = f"needs a time zone (e.g. {value}Z): {value!r}"
         return None
     try:
-        return parsed.astimezone(UTC)
+        parsed = parsed.astimezone(UTC)
     except OverflowError:
         errors[field] = f"out of range: {value!r}"
         return None
+    if parsed.year < 1000:  # the chain's canonical form writes four-digit years
+        errors[field] = f"out of range (before the year 1000): {value!r}"
+        return None
+    return parsed
 
 
 def _text_problem(value: str) -> str | None:
