@@ -151,8 +151,9 @@ class Api:
                 except (AttributeError, ValueError, KeyError, TypeError):  # no answer, or not the JSON expected
                     loaded = False
                 if loaded and probe_key:
-                    answer = self.node_get(host, "/auth/whoami", probe_key)
-                    loaded = answer is not None and answer.status_code == 200
+                    # Three fresh connections: just after a reload an old NGINX worker may still take one.
+                    answers = [self.node_get(host, "/auth/whoami", probe_key) for _ in range(3)]
+                    loaded = all(a is not None and a.status_code == 200 for a in answers)
                 done[host.name] = loaded
             if all(done.values()) or time.monotonic() >= deadline:
                 return done

@@ -47,11 +47,13 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_expires ON sessions (expires_at);
 
 -- One row: bumped in the same transaction as every key change, so NGINX and the CLI can tell which keys a node has.
+-- It starts at the creation time in milliseconds: a database made again (restored, rebuilt) starts above every
+-- version the nodes may still hold, so they take its grants instead of answering "not modified".
 CREATE TABLE grants_state (
     one      BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
     version  BIGINT  NOT NULL
 );
-INSERT INTO grants_state (version) VALUES (1);
+INSERT INTO grants_state (version) VALUES ((extract(epoch FROM clock_timestamp()) * 1000)::BIGINT);
 
 GRANT SELECT, INSERT, UPDATE ON api_keys, users TO console_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sessions TO console_app;
