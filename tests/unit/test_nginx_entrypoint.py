@@ -119,9 +119,7 @@ class Entrypoint:
     def wait_version(self, version: int, timeout: float = 10) -> None:
         """Until every worker answers with `version`: just after a reload an old worker may still take a
         connection for a moment, so the version must be seen on 5 fresh connections in a row."""
-        harness.wait_for(
-            lambda: all(self.version() == version for _ in range(5)), timeout, f"grants version {version}"
-        )
+        harness.wait_for(lambda: all(self.version() == version for _ in range(5)), timeout, f"grants version {version}")
 
     def whoami(self, key: str) -> int:
         return self.server.request("GET", "/auth/whoami", {"Authorization": f"Bearer {key}"})[0]
