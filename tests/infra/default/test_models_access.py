@@ -37,9 +37,9 @@ def basic(name: str, key: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{name}:{key}".encode()).decode()}
 
 
-def predict(node: str, key: str | None, model: str = "iris", **kwargs):
+def predict(node: str, key: str | None, model: str = "iris", scheme: str = "http", **kwargs):
     body = IRIS_INPUT if model == "iris" else {"text": "great"}
-    return call(node, "POST", f"/models/{model}/predict", key=key, json=body, scheme="http", **kwargs)
+    return call(node, "POST", f"/models/{model}/predict", key=key, json=body, scheme=scheme, **kwargs)
 
 
 def promote(node: str, user: str, name: str, key: str, model: str = "iris"):
@@ -102,7 +102,7 @@ def test_the_console_api_follows_the_roles(role, allowed):
 
 
 def _scale(service: str, replicas: int) -> None:
-    leader().check_output("docker service scale --detach modelswarm_%s=%s", service, replicas)
+    leader().check_output(f"docker service scale --detach modelswarm_{service}={int(replicas)}")
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -160,7 +160,13 @@ def test_a_row_changed_as_the_database_superuser_fails_verification_and_is_named
     )
 
     def psql(sql: str) -> None:
-        leader().check_output("docker exec %s psql -U console -d console -v ON_ERROR_STOP=1 -c %s", postgres, sql)
+        """As the database superuser (the owner `console`), with its password from the container's own secret."""
+        leader().check_output(
+            "docker exec %s sh -c %s",
+            postgres,
+            f'PGPASSWORD="$(cat /run/secrets/console_db_password)" psql -U console -d console -v ON_ERROR_STOP=1 '
+            f'-c "{sql}"',
+        )
 
     tamper = "ALTER TABLE rollouts DISABLE TRIGGER USER; UPDATE rollouts SET to_version = '{}' WHERE id = {};" \
              " ALTER TABLE rollouts ENABLE TRIGGER USER;"  # fmt: skip
