@@ -148,3 +148,14 @@ def pg_database(postgres):
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+@pytest.fixture
+def migrated_db(pg_database):
+    """A connection (as the owner) to a fresh database with every console migration applied."""
+    from modelswarm.apps.console import ledger
+
+    conn = pg_database.connect()
+    ledger.migrate(conn)
+    yield conn
+    conn.close()

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import pytest
 
 from modelswarm import contract
-from modelswarm.apps.console import accounts, app, ledger
+from modelswarm.apps.console import accounts, app
 
 # ------------------------------------------------------------------------------------------------ pure parts
 
@@ -61,11 +61,8 @@ def test_bearer_and_basic_carry_the_same_key():
 
 
 @pytest.fixture
-def db(pg_database):
-    conn = pg_database.connect()
-    ledger.migrate(conn)
-    yield conn
-    conn.close()
+def db(migrated_db):
+    return migrated_db
 
 
 def test_keys_are_stored_only_as_digests_and_listed_without_them(db):

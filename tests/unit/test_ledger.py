@@ -97,11 +97,8 @@ def test_a_python_step_that_collides_with_a_file_is_refused(monkeypatch):
 
 
 @pytest.fixture
-def db(pg_database):
-    conn = pg_database.connect()
-    ledger.migrate(conn)
-    yield conn
-    conn.close()
+def db(migrated_db):
+    return migrated_db
 
 
 def entry(n: int = 0, **change) -> dict:

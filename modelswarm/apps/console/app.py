@@ -285,10 +285,14 @@ def read_form(environ) -> dict[str, str]:
         raise HTTPError(HTTPStatus.BAD_REQUEST, f"malformed form: {exc}") from exc
 
 
-def json_object(environ) -> dict:
+def json_object(environ, fields: set[str] | None = None) -> dict:
+    """The body as a JSON object; with `fields`, any other field is refused (400 naming it)."""
     body = read_json(environ)
     if not isinstance(body, dict):
         raise HTTPError(HTTPStatus.BAD_REQUEST, "expected a JSON object")
+    unknown = sorted(set(body) - fields) if fields is not None else []
+    if unknown:
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid request", {"body": f"unknown field(s): {', '.join(unknown)}"})
     return body
 
 
@@ -363,10 +367,7 @@ def list_keys(environ, _identity) -> tuple[HTTPStatus, object]:
 
 def create_key(environ, identity: Identity) -> tuple[HTTPStatus, object]:
     check_csrf(environ, identity)
-    body = json_object(environ)
-    unknown = sorted(set(body) - {"name", "role", "models"})
-    if unknown:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid request", {"body": f"unknown field(s): {', '.join(unknown)}"})
+    body = json_object(environ, {"name", "role", "models"})
     return HTTPStatus.CREATED, _accounts_call(
         lambda conn: accounts.create_key(
             conn, body.get("name"), body.get("role", "predict"), body.get("models"), by=identity.name
@@ -374,20 +375,20 @@ def create_key(environ, identity: Identity) -> tuple[HTTPStatus, object]:
     )
 
 
-def revoke_key(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
+def _change_key(environ, identity: Identity, name: str, change: Callable) -> tuple[HTTPStatus, object]:
     check_csrf(environ, identity)
-    result = with_db(lambda conn: accounts.revoke_key(conn, name, by=identity.name))
+    result = with_db(lambda conn: change(conn, name, by=identity.name))
     if result is None:
         raise HTTPError(HTTPStatus.NOT_FOUND, f"{name} has no working key")
     return HTTPStatus.OK, result
+
+
+def revoke_key(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
+    return _change_key(environ, identity, name, accounts.revoke_key)
 
 
 def rotate_key(environ, identity: Identity, name: str) -> tuple[HTTPStatus, object]:
-    check_csrf(environ, identity)
-    result = with_db(lambda conn: accounts.rotate_key(conn, name, by=identity.name))
-    if result is None:
-        raise HTTPError(HTTPStatus.NOT_FOUND, f"{name} has no working key")
-    return HTTPStatus.OK, result
+    return _change_key(environ, identity, name, accounts.rotate_key)
 
 
 def list_users(_environ, _identity) -> tuple[HTTPStatus, object]:
@@ -396,10 +397,7 @@ def list_users(_environ, _identity) -> tuple[HTTPStatus, object]:
 
 def create_user(environ, identity: Identity) -> tuple[HTTPStatus, object]:
     check_csrf(environ, identity)
-    body = json_object(environ)
-    unknown = sorted(set(body) - {"name", "role", "password"})
-    if unknown:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, "invalid request", {"body": f"unknown field(s): {', '.join(unknown)}"})
+    body = json_object(environ, {"name", "role", "password"})
     return HTTPStatus.CREATED, _accounts_call(
         lambda conn: accounts.create_user(
             conn, body.get("name"), body.get("role", "viewer"), body.get("password"), by=identity.name
