@@ -314,8 +314,13 @@ def test_the_access_log_names_the_key_and_never_shows_it(nginx, keys, source):
     nginx.request("POST", "/models/iris/predict", basic(alice, "x"), BODY, source)  # a key pasted as the user
     nginx.request("POST", "/models/iris/predict", basic("alice", alice[:-1]), BODY, source)
     nginx.request("GET", "/api/keys", bearer(ada), None, source)
-    log = nginx.access_log.read_text()
-    mine = [line for line in log.splitlines() if line.startswith(source + " ")]
+
+    def lines_of_this_test() -> list[str]:
+        return [line for line in nginx.access_log.read_text().splitlines() if line.startswith(source + " ")]
+
+    # NGINX writes a request's log line as it finishes the request, just after the answer: wait for all five.
+    harness.wait_for(lambda: len(lines_of_this_test()) >= 5, 5, "five access log lines")
+    log, mine = nginx.access_log.read_text(), lines_of_this_test()
     assert [line.split()[2] for line in mine] == ["alice", "ada", "-", "-", "ada"]
     everything = log + nginx.errors()
     for key, digest in keys.values():
