@@ -81,6 +81,11 @@ class Api:
         return f"{'https' if self.verify else 'http'}://{host.address}"
 
     @property
+    def tls_verify(self) -> str | bool:
+        """What requests' `verify` gets: the cluster CA when known, else the system's CAs (HTTPS is then unused)."""
+        return self.verify or True
+
+    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
@@ -96,7 +101,7 @@ class Api:
                     self.base(host) + path,
                     headers=self.headers,
                     timeout=timeout or self.timeout,
-                    verify=self.verify if self.verify else True,
+                    verify=self.tls_verify,
                     **kwargs,
                 )
             except requests.RequestException as exc:
@@ -131,9 +136,7 @@ class Api:
         """GET from one node's NGINX; None when it does not answer."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            return requests.get(
-                self.base(host) + path, headers=headers, timeout=3, verify=self.verify if self.verify else True
-            )
+            return requests.get(self.base(host) + path, headers=headers, timeout=3, verify=self.tls_verify)
         except requests.RequestException:
             return None
 

@@ -208,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for host in hosts:
         url = f"{api.base(host)}/models/{args.name}/predict"
         try:
-            response = requests.post(url, json=payload, timeout=30, headers=api.headers, verify=api.verify or True)
+            response = requests.post(url, json=payload, timeout=30, headers=api.headers, verify=api.tls_verify)
         except requests.RequestException as exc:
             progress(f"{host.name}: {exc.__class__.__name__}; trying the next node")
             continue

@@ -20,7 +20,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from modelswarm import contract
 
@@ -204,6 +204,17 @@ def rotate_key(conn, name: str, *, by: str) -> dict | None:
     return {"name": name, "role": row[0], "models": row[1], "key_id": key_id, "key": key, "grants_version": version}
 
 
+def _listing(cur) -> list[dict]:
+    """The rows of a listing query as dicts, dates to the second (ISO 8601), None where a date is unset."""
+    columns = [d[0] for d in cur.description]
+    rows = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    for row in rows:
+        for column in columns:
+            if isinstance(row[column], datetime):
+                row[column] = row[column].isoformat(timespec="seconds")
+    return rows
+
+
 def list_keys(conn, include_revoked: bool = False) -> list[dict]:
     """Names, roles, models and dates; never a key or a digest."""
     where = "" if include_revoked else " WHERE revoked_at IS NULL"
@@ -213,12 +224,7 @@ def list_keys(conn, include_revoked: bool = False) -> list[dict]:
             + where
             + " ORDER BY name, created_at"
         )
-        columns = [d[0] for d in cur.description]
-        rows = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
-    for row in rows:
-        for key in ("created_at", "revoked_at"):
-            row[key] = row[key].isoformat(timespec="seconds") if row[key] else None
-    return rows
+        return _listing(cur)
 
 
 def key_identity(conn, credentials: Credentials | None) -> Identity | None:
@@ -325,12 +331,7 @@ def disable_user(conn, name: str) -> bool:
 def list_users(conn) -> list[dict]:
     with conn.cursor() as cur:
         cur.execute("SELECT name, role, created_by, created_at, disabled_at FROM users ORDER BY name")
-        columns = [d[0] for d in cur.description]
-        rows = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
-    for row in rows:
-        for key in ("created_at", "disabled_at"):
-            row[key] = row[key].isoformat(timespec="seconds") if row[key] else None
-    return rows
+        return _listing(cur)
 
 
 # An Argon2 hash of a random password: checked when the user does not exist, so that a wrong name costs as long as
