@@ -113,6 +113,10 @@ bench: engine venv kit ## Benchmarks on a lab of their own (prints figures, writ
 	@python benchmarks/bench.py all
 	@python benchmarks/bench.py down
 
+.PHONY: cis
+cis: venv ## CIS Docker Benchmark v1.6 sections 5 and 7 on the lab's leader, read-only (INVENTORY=, NODE=all).
+	@python -m modelswarm.tooling.cis -i $(or $(INVENTORY),inventory/lab) $(if $(NODE),--node $(NODE))
+
 .PHONY: test-el7
 test-el7: engine ## The cluster scenario again with the CentOS 7 lock (ansible-core 2.16, in .venv-el7).
 	@$(MAKE) --no-print-directory molecule VENV=.venv-el7 LOCK=requirements/lock-el7.txt SCENARIOS=legacy-core

@@ -222,6 +222,106 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return Exit.FAILED
 
 
+# ------------------------------------------------------------------------------------------- model secrets
+
+
+def _secret_value(args: argparse.Namespace) -> bytes:
+    """The value to store: --from-file's bytes, else stdin (read without echo, twice, from a terminal). Never
+    printed or logged."""
+    from modelswarm.lifecycle import modelsecrets
+
+    if args.from_file:
+        try:
+            with open(args.from_file, "rb") as handle:
+                return handle.read(contract.MAX_SECRET_BYTES + 1)
+        except OSError as exc:
+            raise modelsecrets.SecretError(f"cannot read --from-file {args.from_file}: {exc.strerror}") from None
+    if sys.stdin is None or sys.stdin.closed:
+        raise modelsecrets.SecretError("no value: pipe it to stdin or give --from-file PATH")
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"value of {args.name} for {args.model} (not shown): ")
+        if value and getpass.getpass("the same value again: ") != value:
+            raise modelsecrets.SecretError("the two values differ: nothing was stored")
+        return value.encode()
+    return sys.stdin.buffer.read(contract.MAX_SECRET_BYTES + 1)
+
+
+def _secrets_set(args: argparse.Namespace, client, value: bytes, service_name: str, in_use: dict | None) -> int:
+    from modelswarm.lifecycle import modelsecrets
+
+    progress(f"storing secret {args.name} of {args.model} as a swarm secret")
+    stored, created = modelsecrets.store(client, args.model, args.name, value)
+    payload = {"model": args.model, "name": args.name, "version": stored.version, "secret": stored.secret_name,
+               "created": created, "created_at": stored.created_at}  # fmt: skip
+    if created:
+        human = f"stored {args.model}/{args.name} as version {stored.version} ({stored.secret_name})"
+    else:
+        human = f"unchanged: {stored.secret_name} (version {stored.version}) already holds this value"
+    if in_use is None:
+        human += f"\n{service_name} is not deployed: `modelswarm deploy BUNDLE` mounts it"
+    elif in_use.get(args.name) != stored.secret_name:
+        using = f"uses {in_use[args.name]}" if args.name in in_use else "does not mount it"
+        human += f"\n{service_name} {using}: `modelswarm deploy BUNDLE` (of a version declaring it) rolls it out"
+    _emit(args, payload, human)
+    return Exit.OK
+
+
+def _secrets_list(args: argparse.Namespace, listed: dict, service_name: str, in_use: dict) -> int:
+    rows = [
+        {"name": name, "version": v.version, "secret": v.secret_name, "created_at": v.created_at,
+         "current": v is versions[-1], "in_use": in_use.get(name) == v.secret_name}
+        for name, versions in listed.items() for v in versions
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return Exit.OK
+    if not rows:
+        out.print(f"{args.model} has no secrets (set one: modelswarm secrets set {args.model} NAME)")
+        return Exit.OK
+    from rich.table import Table
+
+    table = Table(title=f"secrets of {args.model} (values are never shown; --json for the swarm secrets' names)")
+    for column in ("name", "version", "created", "current", f"used by {service_name}"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], str(row["version"]), row["created_at"], "yes" if row["current"] else "",
+                      "yes" if row["in_use"] else "")  # fmt: skip
+    out.print(table)
+    stale = sorted(n for n in listed if in_use.get(n) not in (None, listed[n][-1].secret_name))
+    if stale:
+        out.print(
+            f"{service_name} runs an older version of {', '.join(stale)}: `modelswarm deploy BUNDLE` rolls it out"
+        )
+    return Exit.OK
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from modelswarm import cluster
+    from modelswarm.lifecycle import modelsecrets, rollout
+
+    modelsecrets.check_names(args.model, getattr(args, "name", None))
+    if args.secrets_command == "set":
+        value = _secret_value(args)
+        modelsecrets.check_value(value)  # before the cluster is asked anything
+    service_name = contract.service_name(args.model)
+    with cluster.manager(_inventory(args)) as client:
+        service = rollout.find(client, service_name)
+        in_use = modelsecrets.mounted_names(service.attrs["Spec"]) if service else {}
+        if args.secrets_command == "set":
+            return _secrets_set(args, client, value, service_name, in_use if service else None)
+        if args.secrets_command == "prune":
+            # Swarm's automatic rollback returns to the previous spec: keep what it mounts too.
+            previous = modelsecrets.mounted_names(service.attrs.get("PreviousSpec")) if service else {}
+            removed = modelsecrets.remove_unused(client, args.model, {*in_use.values(), *previous.values()})
+            listing = "".join(f"\n  {name}" for name in removed)
+            _emit(args, {"model": args.model, "removed": removed}, f"removed {len(removed)} old version(s){listing}")
+            return Exit.OK
+        listed = modelsecrets.versions(modelsecrets.inspected(client, args.model), args.model)
+    return _secrets_list(args, listed, service_name, in_use)
+
+
 # ------------------------------------------------------------------------------------------- access control
 
 
@@ -507,6 +607,29 @@ def build_parser() -> argparse.ArgumentParser:
         cluster_options(p)
     keys.set_defaults(func=cmd_keys)
 
+    secrets = sub.add_parser(
+        "secrets",
+        help="model secrets: set, list, prune (swarm secrets, mounted at /run/secrets/<name>; values never shown)",
+        description="A model declares its secrets in modelswarm.yml (secrets: [NAME, ...]) and reads them with "
+        "modelswarm_model.secret(NAME). Each new value is a new version (swarm secret model-<model>-<name>-v<N>); "
+        "the next rollout (`modelswarm deploy`, even of the same version) mounts the newest one. A deploy whose "
+        "secret was never set is refused before anything changes.",
+    )
+    secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
+    sset = secrets_sub.add_parser(
+        "set", help="store a value (stdin, not echoed on a terminal, or --from-file); the same value again is a no-op"
+    )
+    sset.add_argument("model")
+    sset.add_argument("name")
+    sset.add_argument("--from-file", metavar="PATH", help="read the value from this file (its bytes, as they are)")
+    slist = secrets_sub.add_parser("list", help="names, versions, dates, the current one, the one in use")
+    slist.add_argument("model")
+    sprune = secrets_sub.add_parser("prune", help="remove versions that are neither current nor in use")
+    sprune.add_argument("model")
+    for p in (sset, slist, sprune):
+        cluster_options(p)
+    secrets.set_defaults(func=cmd_secrets)
+
     ledger_parser = sub.add_parser(
         "ledger",
         help="verify the ledger's hash chain, or export it for auditors (a viewer key or better)",
@@ -564,12 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from modelswarm.lifecycle.bundle import BundleError
     from modelswarm.lifecycle.modelimage import ImageMissing
+    from modelswarm.lifecycle.modelsecrets import SecretError
     from modelswarm.lifecycle.pipeline import PipelineError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BundleError, ImageMissing, PipelineError, CredentialsMissing) as exc:
+    except (BundleError, ImageMissing, PipelineError, CredentialsMissing, SecretError) as exc:
         err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
         return Exit.USAGE
     except (lab.LabError, BuildError, docker.errors.DockerException, ApiError, RuntimeError) as exc:

@@ -40,6 +40,13 @@ def _no_leader(exc: Exception) -> bool:
     return "does not have a leader" in str(exc) or "not have a valid cluster leader" in str(exc)
 
 
+def _reachable_managers(nodes: list[dict]) -> tuple[int, int]:
+    """(reachable, all) raft members in a manager's node list. A raft leader whose followers died keeps answering
+    for a while as if it still led; its list shows them unreachable."""
+    members = [node["ManagerStatus"] for node in nodes if node.get("ManagerStatus")]
+    return sum(1 for m in members if m.get("Reachability") == "reachable"), len(members)
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -48,6 +55,7 @@ class Host:
     port: int = 22
     key: str | None = None
     ssh_args: tuple[str, ...] = ()
+    lab_profile: bool = False  # the inventory sets preflight_lab_profile: a lab host, not a real server
 
 
 @dataclass(frozen=True)
@@ -102,8 +110,28 @@ def read_inventory(path: str | Path) -> Inventory:
             # Both spellings are Ansible's; molecule writes the short one.
             key=values.get("ansible_ssh_private_key_file") or values.get("ansible_private_key_file"),
             ssh_args=tuple(shlex.split(str(values.get("ansible_ssh_common_args", "")))),
+            lab_profile=str(values.get("preflight_lab_profile", False)).lower() in ("true", "yes", "1"),
         )
     return Inventory(hosts=hosts, groups=groups)
+
+
+def ssh_command(host: Host, remote: str = "", options: tuple[str, ...] = (), timeout: float = 15.0) -> list[str]:
+    """The ssh command line that reaches `host` as the inventory says (address, user, port, key, options), never
+    prompting; `options` go before the destination, `remote` (one shell command line) after it."""
+    return [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={int(timeout)}",
+        "-p",
+        str(host.port),
+        *(["-i", host.key] if host.key else []),
+        *host.ssh_args,
+        *options,
+        f"{host.user}@{host.address}",
+        *([remote] if remote else []),
+    ]
 
 
 @contextlib.contextmanager
@@ -111,23 +139,10 @@ def docker_on(host: Host, timeout: float = 15.0) -> Iterator[docker.DockerClient
     """A Docker client for `host`'s daemon, through an SSH-forwarded socket; the tunnel ends with the block."""
     workdir = Path(tempfile.mkdtemp(prefix="modelswarm-ssh-"))
     socket_path = workdir / "docker.sock"
-    command = [
-        "ssh",
-        "-N",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        f"ConnectTimeout={int(timeout)}",
-        "-p",
-        str(host.port),
-        *(["-i", host.key] if host.key else []),
-        *host.ssh_args,
-        "-L",
-        f"{socket_path}:/var/run/docker.sock",
-        f"{host.user}@{host.address}",
-    ]
+    command = ssh_command(
+        host, options=("-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{socket_path}:/var/run/docker.sock"),
+        timeout=timeout,
+    )  # fmt: skip
     tunnel = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout
@@ -166,8 +181,8 @@ def manager(inventory: Inventory) -> Iterator[docker.DockerClient]:
         try:
             client = stack.enter_context(docker_on(host))
             manages = client.info().get("Swarm", {}).get("ControlAvailable")
-            if manages:
-                client.api.nodes()  # needs a raft leader: fails when the swarm has lost quorum
+            # Needs a raft leader: fails when the swarm has lost quorum (and a stale leader shows it by reachability).
+            reachable, members = _reachable_managers(client.api.nodes()) if manages else (0, 0)
         except docker.errors.APIError as exc:
             stack.close()
             if not _no_leader(exc):
@@ -184,6 +199,12 @@ def manager(inventory: Inventory) -> Iterator[docker.DockerClient]:
         if not manages:
             stack.close()
             failures.append(f"{host.name}: not a swarm manager")
+            continue
+        if members and reachable * 2 <= members:
+            stack.close()
+            without_quorum.append(host.name)
+            failures.append(f"{host.name}: answers, but only {reachable} of {members} managers are reachable from it")
+            progress(f"manager {host.name} reaches only {reachable} of {members} managers, trying the next one")
             continue
         # Only connection failures move on to the next manager; errors of the caller's work propagate.
         with stack:

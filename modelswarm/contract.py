@@ -36,7 +36,15 @@ LEADER_LABEL = "modelswarm.leader"  # node label of the designated leader ("true
 LABEL_MODEL = "io.modelswarm.model"
 LABEL_VERSION = "io.modelswarm.version"
 LABEL_SOURCE_HASH = "io.modelswarm.source-hash"
+LABEL_SPEC_HASH = "io.modelswarm.spec-hash"  # of a model service's whole spec: a redeploy that changes it is no no-op
 LABEL_PLATFORM = "io.modelswarm.platform"
+LABEL_SECRETS = "io.modelswarm.secrets"  # on a model image: the secret names its manifest declares, comma-separated
+# On a model secret (a swarm secret; LABEL_MODEL names its model): its name, version, creation time and a salted
+# digest of its value (so that setting the same value again creates nothing).
+LABEL_SECRET = "io.modelswarm.secret"
+LABEL_SECRET_VERSION = "io.modelswarm.secret-version"
+LABEL_SECRET_CREATED_AT = "io.modelswarm.created-at"
+LABEL_SECRET_DIGEST = "io.modelswarm.secret-digest"
 
 # --- Ports --------------------------------------------------------------------------------------------------------
 MODEL_PORT = 8000  # every model server listens here, inside its container
@@ -52,6 +60,12 @@ MODEL_NAME_RULE = (
     "(it becomes the service name model-<name> and the URL /models/<name>/)"
 )
 VERSION_RULE = "letters, digits, '.', '_' and '-', at most 128 (it becomes the image tag)"
+# A model secret's name: the file /run/secrets/<name> in the model's containers and part of the swarm secret's name.
+SECRET_NAME_PATTERN = r"[a-z](?:[a-z0-9_-]{0,38}[a-z0-9])?"
+SECRET_NAME_RULE = (
+    "1-40 characters, lowercase letters, digits, '_' and '-', starting with a letter and ending with a letter or "
+    "digit (it becomes the file /run/secrets/<name>)"
+)
 
 # --- Access control -----------------------------------------------------------------------------------------------
 # An API key: "msk_<id>_<secret>", id 12 hex digits (the lookup handle, shown in listings), secret 32 random bytes
@@ -71,11 +85,28 @@ CONTROLLER_DEPLOY_KEY = "controller-deploy"
 FIRST_ADMIN_USER = "admin"
 API_KEY_ENV = "MODELSWARM_API_KEY"  # a key given to the CLI or pyinfra (CI); wins over the controller's files
 
+# --- Registry -----------------------------------------------------------------------------------------------------
+# The registry answers only through its gateway (NGINX, TLS, HTTP Basic against a bcrypt htpasswd swarm secret).
+# Two accounts: `push` may push and pull (the controller and CI build model images), `pull` may only read (the
+# nodes, and every service spec that names a registry image). Deletes are refused to both.
+REGISTRY_USERS = {"push": "modelswarm-push", "pull": "modelswarm-pull"}
+# A password given to the CLI or pyinfra (CI) wins over the controller's file <secrets dir>/registry/<user>.password.
+REGISTRY_PASSWORD_ENV = {"push": "MODELSWARM_REGISTRY_PUSH_PASSWORD", "pull": "MODELSWARM_REGISTRY_PULL_PASSWORD"}
+
+# --- Model containers ---------------------------------------------------------------------------------------------
+# Model images run as this user (no home, no shell, owns nothing in the image), on a read-only root filesystem with
+# a tmpfs /tmp, every capability dropped, and these limits when the manifest sets none.
+MODEL_UID = 10001  # the user (and group) model code runs as; its secrets' files belong to it
+MODEL_TMPFS_BYTES = 64 * 1024 * 1024
+MODEL_PIDS_LIMIT = 256
+MODEL_DEFAULT_MEMORY = "1G"
+
 # --- Limits -------------------------------------------------------------------------------------------------------
 DEFAULT_REPLICAS = 2
 MAX_REPLICAS = 9
 ROLLOUT_MONITOR_SECONDS = 10  # a new task must stay healthy this long before the next one is replaced
 STOP_GRACE_SECONDS = 30  # a stopping replica finishes its in-flight requests within this
+MAX_SECRET_BYTES = 500 * 1024  # swarm's limit for one secret's value
 
 
 class Exit(IntEnum):
@@ -122,6 +153,8 @@ ANSIBLE_VARS: dict[str, object] = {
     "modelswarm_roles": list(ROLES),
     "modelswarm_controller_keys": {CONTROLLER_ADMIN_KEY: "admin", CONTROLLER_DEPLOY_KEY: "deploy"},
     "modelswarm_first_admin_user": FIRST_ADMIN_USER,
+    "modelswarm_registry_users": REGISTRY_USERS,
+    "modelswarm_model_uid": MODEL_UID,
 }
 
 ANSIBLE_VARS_FILE = Path("playbooks/group_vars/all/contract.yml")

@@ -15,9 +15,9 @@ from pyinfra import host
 from pyinfra.api import FactBase, FunctionCommand, operation
 from pyinfra.api.exceptions import OperationError
 
-from modelswarm import cluster, contract
+from modelswarm import cluster, contract, registryauth
 from modelswarm.apiclient import Api, CredentialsMissing
-from modelswarm.lifecycle import modelimage, pipeline
+from modelswarm.lifecycle import modelimage, modelsecrets, pipeline
 from modelswarm.lifecycle.bundle import load_bundle
 
 
@@ -48,6 +48,24 @@ class DeployFacts(FactBase):
     def process(self, output):
         found = json.loads("".join(output).strip() or "[]")
         return cluster.parse_deploy_facts(found[0]["Spec"]["Data"]) if found else None
+
+
+class ModelSecrets(FactBase):
+    """`docker secret inspect` of every swarm secret of one model (the API never returns a value). Run it on a
+    manager."""
+
+    def requires_command(self, model):
+        return "docker"
+
+    def command(self, model):
+        filters = (
+            f"--filter label={shlex.quote(f'{contract.LABEL_MODEL}={model}')} --filter label={contract.LABEL_SECRET}"
+        )
+        ids = f"$(docker secret ls -q {filters})"
+        return f'ids={ids}; if [ -n "$ids" ]; then docker secret inspect $ids; else echo "[]"; fi'
+
+    def process(self, output):
+        return json.loads("".join(output).strip() or "[]")
 
 
 class ImageSourceHash(FactBase):
@@ -97,6 +115,10 @@ def _published() -> cluster.DeployFacts:
 def model_image(bundle_path: str, runtime_image: str | None = None, registry: str | None = None):
     """Build and push a bundle's image, unless this host (a manager) already holds it with the same source hash."""
     bundle = load_bundle(bundle_path)
+    try:
+        registryauth.credentials("push")  # no push account: stop before any change
+    except CredentialsMissing as exc:
+        raise OperationError(str(exc)) from None
     registry = registry or _published().registry
     present = host.get_fact(ImageSourceHash, image=f"{modelimage.repository(registry, bundle)}:{bundle.version}")
     if present == bundle.source_hash():
@@ -108,13 +130,21 @@ def model_image(bundle_path: str, runtime_image: str | None = None, registry: st
 
 @operation()
 def model_service(bundle_path: str, runtime_image: str | None = None, timeout: float = 600, note: str = ""):
-    """Roll the bundle's version out, unless its service already runs exactly it, converged. The ledger records the
-    API key's name ($MODELSWARM_API_KEY, else the controller's deploy key) as the actor, and `note` beside it."""
+    """Roll the bundle's version out, unless its service already runs exactly it (with the newest version of each
+    secret it declares), converged. The ledger records the API key's name ($MODELSWARM_API_KEY, else the
+    controller's deploy key) as the actor, and `note` beside it."""
     bundle = load_bundle(bundle_path)
     try:
         Api.for_inventory(cluster.read_inventory(_inventory_path()), "deploy")  # no key: stop before any change
     except CredentialsMissing as exc:
         raise OperationError(str(exc)) from None
+    wanted = {}
+    if bundle.secrets:  # the newest version of each; one never set stops the deploy here, before any change
+        found = modelsecrets.newest(host.get_fact(ModelSecrets, model=bundle.name), bundle.name)
+        try:
+            wanted = {n: v.secret_name for n, v in modelsecrets.require(found, bundle.name, bundle.secrets).items()}
+        except modelsecrets.SecretMissing as exc:
+            raise OperationError(str(exc)) from None
     current = host.get_fact(SwarmService, service=bundle.service)
     if current:
         labels = current["Spec"].get("Labels") or {}
@@ -122,6 +152,7 @@ def model_service(bundle_path: str, runtime_image: str | None = None, timeout: f
         same = labels.get(contract.LABEL_VERSION) == bundle.version and labels.get(contract.LABEL_SOURCE_HASH) == (
             bundle.source_hash()
         )
+        same = same and modelsecrets.mounted_names(current["Spec"]) == wanted  # a new secret version is a change
         if same and settled and current["Spec"]["Mode"]["Replicated"]["Replicas"] == bundle.replicas:
             host.noop(f"{bundle.service} already runs {bundle.version}")
             return

@@ -1,9 +1,9 @@
 """The lab image kit and the air-gapped image bundle.
 
 On a machine with no registry, the platform's images are built from the Debian base: real NGINX, PostgreSQL, the
-registry, the Python runtime and the console; clearly named placeholders stand in for Consul, Logstash,
-Elasticsearch, LogSpout and Registrator (their images cannot be obtained offline). `save_bundle` writes them all
-into one tarball plus a manifest; the Ansible `images` role copies and loads it on every node.
+registry, HAProxy (the Docker API proxy), the Python runtime and the console; clearly named placeholders stand in for
+Consul, Logstash, Elasticsearch, LogSpout and Registrator (their images cannot be obtained offline). `save_bundle`
+writes them all into one tarball plus a manifest; the Ansible `images` role copies and loads it on every node.
 
 The map KIT is the one source of the lab's image names: the manifest carries it to Ansible (platform_images).
 """
@@ -62,6 +62,7 @@ KIT: tuple[KitImage, ...] = (
         extra_files=("kit/registry-config.yml",),
     ),
     KitImage("console", "modelswarm/console:0.1.0", "kit/console.Dockerfile.j2"),
+    KitImage("docker_api_proxy", "modelswarm/lab-haproxy:2.6-bookworm", "kit/haproxy.Dockerfile.j2"),
     *(
         KitImage(
             service,
@@ -84,11 +85,15 @@ KIT: tuple[KitImage, ...] = (
 
 def _console_source() -> dict[str, bytes]:
     """The console's code as build-context files: its package (modelswarm.apps.console) and the parent packages'
-    markers, the contract and the ledger's hash-chain rule (shared with the CLI's verifier), so the image imports
-    them by the same names as the repository does."""
+    markers, the contract, the ledger's hash-chain rule (shared with the CLI's verifier) and the request hygiene it
+    shares with the model server (httpguard), so the image imports them by the same names as the repository does."""
     files: dict[str, bytes] = {
         "modelswarm/__init__.py": b"",
         "modelswarm/apps/__init__.py": b"",
+        "modelswarm/apps/modelserver/__init__.py": b"",
+        "modelswarm/apps/modelserver/httpguard.py": resources.files("modelswarm.apps.modelserver")
+        .joinpath("httpguard.py")
+        .read_bytes(),
         "modelswarm/contract.py": resources.files("modelswarm").joinpath("contract.py").read_bytes(),
         "modelswarm/ledgerchain.py": resources.files("modelswarm").joinpath("ledgerchain.py").read_bytes(),
     }

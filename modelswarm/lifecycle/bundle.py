@@ -12,7 +12,8 @@
     entrypoint: model.py        # default model.py
     replicas: 2                 # default 2, at most one per node
     resources: {cpus: "0.5", memory: 256M}
-    environment: {LOG_LEVEL: info}
+    environment: {LOG_LEVEL: info}   # not secrets: baked into the image (keys that look like secrets are refused)
+    secrets: [db_password]      # swarm secrets, mounted at /run/secrets/<name> (`modelswarm secrets set`)
     artifacts: [artifacts/weights.npz]
 
 `load_bundle` checks everything before any build and raises BundleError with one message per problem.
@@ -34,7 +35,17 @@ from modelswarm import contract
 MANIFEST = "modelswarm.yml"
 MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-KNOWN_KEYS = {"name", "version", "entrypoint", "replicas", "resources", "environment", "artifacts", "description"}
+KNOWN_KEYS = {
+    "name", "version", "entrypoint", "replicas", "resources", "environment", "secrets", "artifacts", "description",
+}  # fmt: skip
+# Segments (between underscores) of an environment key that mark it as holding a secret: DB_PASSWORD and API_KEY are
+# refused, KEYBOARD_LAYOUT and PASSTHROUGH are not.
+SECRET_WORDS = frozenset(
+    {
+        "PASSWORD", "PASSWORDS", "PASSWD", "PASS", "PWD", "PASSPHRASE", "TOKEN", "TOKENS", "SECRET", "SECRETS",
+        "KEY", "KEYS", "APIKEY", "CREDENTIAL", "CREDENTIALS", "CREDS", "PRIVATE",
+    }
+)  # fmt: skip
 
 
 class BundleError(ValueError):
@@ -55,6 +66,7 @@ class Bundle:
     cpus: str | None = None
     memory: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
     artifacts: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
     has_load: bool = False
@@ -118,6 +130,26 @@ def _check_requirements(path: Path, problems: list[str]) -> tuple[str, ...]:
             problems.append(f"requirements.txt line {number}: direct URLs are not allowed ({requirement.name})")
         found.append(str(requirement))
     return tuple(found)
+
+
+def secret_word(key: str) -> str | None:
+    """The segment of environment key `key` that says it holds a secret (e.g. PASSWORD in DB_PASSWORD), or None."""
+    return next((segment for segment in key.upper().split("_") if segment in SECRET_WORDS), None)
+
+
+def _check_secrets(declared: object, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(declared, list):
+        problems.append("secrets: a list of secret names, e.g. [db_password]")
+        return ()
+    names: list[str] = []
+    for name in declared:
+        if not contract.matches(contract.SECRET_NAME_PATTERN, name):
+            problems.append(f"secret {name!r}: use {contract.SECRET_NAME_RULE}")
+        elif name in names:
+            problems.append(f"secret {name!r} is listed twice")
+        else:
+            names.append(name)
+    return tuple(names)
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -199,6 +231,17 @@ def load_bundle(path: str | Path) -> Bundle:
     for key in environment:
         if not isinstance(key, str) or not ENV_NAME.match(key) or key.startswith("MODELSWARM_"):
             problems.append(f"environment {key!r}: NAME in capitals (MODELSWARM_* is reserved)")
+        elif word := secret_word(key):
+            suggested = key.lower() if contract.matches(contract.SECRET_NAME_PATTERN, key.lower()) else "a_name"
+            model = name if contract.matches(contract.MODEL_NAME_PATTERN, name) else "<model>"
+            problems.append(
+                f"environment {key!r} looks like a secret ({word}): environment values are baked into the image "
+                f"and shown by docker inspect. Declare it under secrets: [{suggested}] instead, store its value "
+                f"with `modelswarm secrets set {model} {suggested}`, and read it in the model with "
+                f"modelswarm_model.secret({suggested!r})"
+            )
+
+    secrets = _check_secrets(manifest.get("secrets", []) or [], problems)
 
     if problems:
         raise BundleError(root, problems)
@@ -211,6 +254,7 @@ def load_bundle(path: str | Path) -> Bundle:
         cpus=cpus,
         memory=memory,
         environment={k: str(v) for k, v in environment.items()},
+        secrets=secrets,
         artifacts=tuple(artifacts),
         requirements=requirements,
         has_load=has_load,

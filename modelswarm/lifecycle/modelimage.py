@@ -14,12 +14,14 @@ from importlib import resources
 import docker
 import docker.errors
 
-from modelswarm import cluster, contract
+from modelswarm import cluster, contract, registryauth
 from modelswarm.imagebuild import build_image, render
 from modelswarm.lifecycle.bundle import Bundle
 from modelswarm.tooling.progress import progress
 
-GUNICORN_VERSION = "23.0.0"
+GUNICORN_VERSION = "23.0.0"  # also pinned in requirements/toolchain.in: the unit tests run the server under it
+# The model server's files, copied next to each other into /opt/model (the model imports modelswarm_model).
+SERVER_FILES = ("server.py", "httpguard.py", "modelswarm_model.py", "gunicorn_conf.py")
 DEFAULT_WORKERS = 2
 
 
@@ -59,7 +61,7 @@ def context_files(bundle: Bundle, runtime_image: str, pip_index_url: str = "") -
             pip_index_url=pip_index_url,
         ),
         "requirements.txt": "\n".join(bundle.requirements) + "\n",
-        "server.py": resources.files("modelswarm.apps.modelserver").joinpath("server.py").read_bytes(),
+        **{name: resources.files("modelswarm.apps.modelserver").joinpath(name).read_bytes() for name in SERVER_FILES},
     }
     for rel in bundle.files():
         files[f"bundle/{rel}"] = (bundle.path / rel).read_bytes()
@@ -85,9 +87,15 @@ def existing(client: docker.DockerClient, repo: str, tag: str) -> tuple[str, str
 
 
 def build_and_push(
-    client: docker.DockerClient, bundle: Bundle, registry: str, runtime_image: str, pip_index_url: str = ""
+    client: docker.DockerClient,
+    bundle: Bundle,
+    registry: str,
+    runtime_image: str,
+    pip_index_url: str = "",
+    push_auth: dict[str, str] | None = None,
 ) -> tuple[ModelImage, bool]:
-    """Build the bundle's image on `client`'s daemon and push it. Returns (image, built_now).
+    """Build the bundle's image on `client`'s daemon and push it (with `push_auth`, the registry's push account).
+    Returns (image, built_now). `client` is expected to be logged in to the registry with the pull account.
 
     If the registry already holds this version with the same source hash, nothing is built or pushed.
     """
@@ -112,7 +120,7 @@ def build_and_push(
     )
     progress(f"pushing {repo}:{bundle.version}")
     digest = None
-    for event in client.api.push(repo, tag=bundle.version, stream=True, decode=True):
+    for event in client.api.push(repo, tag=bundle.version, stream=True, decode=True, auth_config=push_auth):
         if "error" in event:
             raise ImageError(f"push of {repo}:{bundle.version} failed: {event['error']}")
         if event.get("status") == "Pushed" or event.get("status", "").startswith("Layer already exists"):
@@ -151,6 +159,16 @@ def ensure_in_registry(client: docker.DockerClient, reference: str) -> None:
         raise ImageError(f"cannot ask the registry about {wanted}: {exc}") from exc
 
 
+def declared_secrets(client: docker.DockerClient, reference: str) -> tuple[str, ...]:
+    """The secret names that image `reference` was built to read (its io.modelswarm.secrets label; none for images
+    built before model secrets existed). Pulls the image onto `client`'s node if it is not there."""
+    try:
+        labels = client.images.pull(_by_digest(reference)).labels or {}
+    except docker.errors.APIError as exc:
+        raise ImageError(f"cannot read the labels of {reference}: {exc}") from exc
+    return tuple(name for name in labels.get(contract.LABEL_SECRETS, "").split(",") if name)
+
+
 def stage(inventory: cluster.Inventory, reference: str) -> dict[str, str]:
     """Pull `reference` on every manager, in parallel, so that a replica rescheduled after a node loss starts from
     the local copy even while the registry (on the designated leader) is down. Returns node -> outcome; a node that
@@ -158,12 +176,15 @@ def stage(inventory: cluster.Inventory, reference: str) -> dict[str, str]:
     wanted = _by_digest(reference)
     repository_name, digest = wanted.split("@", 1)
 
+    registry = repository_name.split("/", 1)[0]
+
     def pull(host) -> str:
         try:
             with cluster.docker_on(host, timeout=10) as client:
+                registryauth.login(client, registry, "pull")
                 client.images.pull(repository_name, tag=digest)
             return "present"
-        except (cluster.ClusterError, docker.errors.DockerException) as exc:
+        except (cluster.ClusterError, registryauth.RegistryLoginFailed, docker.errors.DockerException) as exc:
             return f"not staged: {str(exc).splitlines()[0][:200]}"
 
     started = time.monotonic()

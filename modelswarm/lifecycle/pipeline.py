@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 
 import docker
 
-from modelswarm import cluster, contract
+from modelswarm import cluster, contract, registryauth
 from modelswarm.apiclient import Api
-from modelswarm.lifecycle import ledger, modelimage, rollout
+from modelswarm.lifecycle import ledger, modelimage, modelsecrets, rollout
 from modelswarm.lifecycle.bundle import Bundle
 
 Report = Callable[[str], None]
@@ -68,7 +68,13 @@ def build(
 def _build_on(
     client: docker.DockerClient, bundle: Bundle, found: cluster.DeployFacts, overrides: Overrides
 ) -> tuple[modelimage.ModelImage, bool]:
-    return modelimage.build_and_push(client, bundle, found.registry, found.runtime_image, overrides.pip_index_url)
+    # The client reads with the pull account (the runtime base, the registry's answers, the service spec) and
+    # pushes with the push account, given to the push alone.
+    push = registryauth.credentials("push")
+    registryauth.login(client, found.registry, "pull")
+    return modelimage.build_and_push(
+        client, bundle, found.registry, found.runtime_image, overrides.pip_index_url, push_auth=push
+    )
 
 
 def record(api: Api, outcome: rollout.Outcome) -> Recorded:
@@ -96,6 +102,7 @@ def deploy(
     api = api or Api.for_inventory(inventory, "deploy")
     with cluster.manager(inventory) as client:
         found = facts(client, overrides)
+        modelsecrets.current(client, bundle.name, bundle.secrets)  # a secret never set: stop before the build
         image, _ = _build_on(client, bundle, found, overrides)
         modelimage.stage(inventory, image.reference)
         target = rollout.Target.for_bundle(
@@ -123,23 +130,27 @@ def rollback(
         if service is None:
             raise PipelineError(f"model {name!r} is not deployed")
         current = rollout.describe(service)
+        registryauth.login(client, cluster.deploy_facts(client).registry, "pull")
         chosen = choose_rollback(entries, current["version"], to)
         if chosen is None:
             known = sorted({e["to_version"] for e in good_rollouts(entries)})
             raise PipelineError(f"no recorded good rollout of {name} to {to or 'another version'}; known: {known}")
         spec = service.attrs["Spec"]
+        image = f"{chosen['image']}@{chosen['image_digest']}"
+        # An image gone from the registry is bad input: refused (ImageMissing) before its labels are asked for.
+        modelimage.ensure_in_registry(client, image)
         repo, tag = chosen["image"].rsplit(":", 1)
         found = modelimage.existing(client, repo, tag)  # the chosen version's own source hash, from its image
         target = rollout.Target(
             name=name,
             version=chosen["to_version"],
-            image=f"{chosen['image']}@{chosen['image_digest']}",
+            image=image,
             source_hash=found[1] if found else "",
             replicas=spec["Mode"]["Replicated"]["Replicas"],
+            secrets=modelimage.declared_secrets(client, image),
             network=cluster.deploy_facts(client).models_network,
             endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
         )
-        modelimage.ensure_in_registry(client, target.image)
         modelimage.stage(inventory, target.image)
         outcome = rollout.rollout(client, target, timeout=timeout, report=report, note=note)
     return record(api, outcome)

@@ -5,7 +5,9 @@ exit code (`docker service update` exits 0 even after an automatic rollback). Th
 
 Service model-<name>: on the models network, DNS round-robin endpoints (or VIP), N replicas (2 by default), at most
 one per node, updates one task at a time, start-first, rolled back automatically when a new task fails its health
-check within the monitor window.
+check within the monitor window. The newest version of each secret the model declares is mounted at
+/run/secrets/<name>; a new version of a secret alone is a change to roll out, and a secret that was never set stops
+the rollout before the service is touched.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from datetime import UTC, datetime
 
 import docker
 import docker.errors
-from docker.types import EndpointSpec, Resources, RestartPolicy, RollbackConfig, ServiceMode, UpdateConfig
+from docker.types import EndpointSpec, Mount, Resources, RestartPolicy, RollbackConfig, ServiceMode, UpdateConfig
 
 from modelswarm import contract
-from modelswarm.contract import LABEL_MODEL, LABEL_SOURCE_HASH, LABEL_VERSION, Exit
-from modelswarm.lifecycle import modelimage
+from modelswarm.contract import LABEL_MODEL, LABEL_SOURCE_HASH, LABEL_SPEC_HASH, LABEL_VERSION, Exit
+from modelswarm.lifecycle import modelimage, modelsecrets
 
 SECOND = 1_000_000_000
+MODEL_TMP = "/tmp"  # noqa: S108 - a tmpfs of the replica's own, the only place it can write
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Target:
     cpus: str | None = None
     memory: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()  # names the model declares; the newest version of each is mounted
     network: str = contract.MODELS_NETWORK
     endpoint_mode: str = "dnsrr"
     monitor_seconds: int = contract.ROLLOUT_MONITOR_SECONDS
@@ -60,6 +64,7 @@ class Target:
             cpus=bundle.cpus,
             memory=bundle.memory,
             environment=bundle.environment,
+            secrets=bundle.secrets,
             network=network,
             endpoint_mode=endpoint_mode,
         )
@@ -100,14 +105,47 @@ def _memory_bytes(text: str | None) -> int | None:
     return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[text[-1]]
 
 
-def service_kwargs(target: Target) -> dict:
-    """The full service spec, for create and update alike (an update replaces what it names)."""
+def resources(target: Target) -> Resources:
+    """CPU and memory as the manifest asks (memory: the contract's default when it does not), and the pids limit
+    (Docker 20.10's API 1.41 takes Limits.Pids; the SDK has no argument for it)."""
+    limits = Resources(
+        cpu_limit=int(float(target.cpus) * 1e9) if target.cpus else None,
+        mem_limit=_memory_bytes(target.memory or contract.MODEL_DEFAULT_MEMORY),
+    )
+    limits.setdefault("Limits", {})["Pids"] = contract.MODEL_PIDS_LIMIT
+    return limits
+
+
+def service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersion] | None = None) -> dict:
+    """The full service spec, labelled with its own hash (see _service_kwargs). `secrets`: the version to mount of
+    each secret the target declares (`modelsecrets.current`)."""
+    kwargs = _service_kwargs(target, secrets)
+    kwargs["labels"][LABEL_SPEC_HASH] = spec_hash(kwargs)
+    return kwargs
+
+
+def spec_hash(kwargs: dict) -> str:
+    """SHA-256 of a service spec's arguments (labels but this one included), in a canonical form."""
+    import hashlib
+    import json
+
+    canonical = {**kwargs, "labels": {k: v for k, v in kwargs["labels"].items() if k != LABEL_SPEC_HASH}}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersion] | None) -> dict:
+    """The full service spec, for create and update alike (an update replaces what it names).
+
+    Every replica runs as the model user (contract.MODEL_UID, also the image's USER), on a read-only root
+    filesystem with a tmpfs /tmp (gunicorn's heartbeat files, the model's scratch space), with every capability
+    dropped and its pids and memory limited. no-new-privileges is the daemon's setting (the docker role)."""
     return {
         "image": target.image,
         "name": target.service,
         "labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version, LABEL_SOURCE_HASH: target.source_hash},
         "container_labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version},
         "env": [f"{k}={v}" for k, v in sorted(target.environment.items())] + [f"MODELSWARM_IMAGE={target.image}"],
+        "secrets": modelsecrets.references(secrets or {}),
         "networks": [target.network],
         "endpoint_spec": EndpointSpec(mode=target.endpoint_mode),
         "mode": ServiceMode("replicated", replicas=target.replicas),
@@ -124,10 +162,11 @@ def service_kwargs(target: Target) -> dict:
             parallelism=1, delay=0, failure_action="pause", monitor=5 * SECOND, order="start-first"
         ),
         "restart_policy": RestartPolicy(condition="any", delay=2 * SECOND, max_attempts=0),
-        "resources": Resources(
-            cpu_limit=int(float(target.cpus) * 1e9) if target.cpus else None,
-            mem_limit=_memory_bytes(target.memory),
-        ),
+        "resources": resources(target),
+        "user": f"{contract.MODEL_UID}:{contract.MODEL_UID}",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "mounts": [Mount(target=MODEL_TMP, source=None, type="tmpfs", tmpfs_size=contract.MODEL_TMPFS_BYTES)],
         "stop_grace_period": target.stop_grace_seconds * SECOND,
     }
 
@@ -145,8 +184,10 @@ def describe(service) -> dict:
     return {
         "version": labels.get(LABEL_VERSION),
         "source_hash": labels.get(LABEL_SOURCE_HASH),
+        "spec_hash": labels.get(LABEL_SPEC_HASH),
         "image": spec["TaskTemplate"]["ContainerSpec"]["Image"],
         "replicas": spec["Mode"].get("Replicated", {}).get("Replicas"),
+        "secrets": modelsecrets.mounted_names(spec),
         "update_state": (service.attrs.get("UpdateStatus") or {}).get("State"),
         "update_message": (service.attrs.get("UpdateStatus") or {}).get("Message"),
     }
@@ -212,7 +253,12 @@ def rollout(
     digest = target.image.split("@", 1)[1] if "@" in target.image else None
     service = find(client, target.service)
     before = describe(service) if service else None
-    if before and before["image"] == target.image and before["replicas"] == target.replicas:
+    # The newest version of each declared secret; one never set stops here, before the service is touched.
+    secrets = modelsecrets.current(client, target.name, target.secrets)
+    kwargs = service_kwargs(target, secrets)
+    # The same image, replica count and spec (hardening, limits, environment, secret versions): nothing to do.
+    same = before and (before["image"], before["replicas"]) == (target.image, target.replicas)
+    if same and before["spec_hash"] == kwargs["labels"][LABEL_SPEC_HASH]:
         running, _ = running_up_to_date(client, service.id)
         if running == target.replicas and before["update_state"] in (None, "completed"):
             return Outcome(
@@ -221,13 +267,13 @@ def rollout(
             )  # fmt: skip
     # Refuse an image the registry does not hold before the service is touched (raises modelimage.ImageMissing).
     modelimage.ensure_in_registry(client, target.image)
-    kwargs = service_kwargs(target)
+    mounted = "".join(f", secret {n} v{v.version}" for n, v in secrets.items())
     try:
         if service is None:
-            report(f"creating {target.service} ({target.replicas} replicas of {target.version})")
+            report(f"creating {target.service} ({target.replicas} replicas of {target.version}{mounted})")
             service = client.services.create(**kwargs)
         else:
-            report(f"updating {target.service}: {before['version']} -> {target.version}")
+            report(f"updating {target.service}: {before['version']} -> {target.version}{mounted}")
             kwargs.pop("name")
             service.update(**kwargs)
     except docker.errors.APIError as exc:
@@ -236,6 +282,8 @@ def rollout(
             f"the swarm refused the service spec: {exc.explanation or exc}", started, _now(), note,
         )  # fmt: skip
     result, message = wait(client, service.id, target.replicas, timeout, target.monitor_seconds, report)
+    if mounted and result == "succeeded":
+        message += f" ({mounted[2:]})"  # names and versions of the secrets, never a value
     return Outcome(
         target.name, before and before["version"], target.version, target.image, digest, result, message,
         started, _now(), note,

@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -62,13 +63,16 @@ def new_key() -> tuple[str, str]:
 
 
 def role_vars(**overrides) -> dict:
-    """The variables the role's templates see: the contract's, the role's defaults and its NGINX paths."""
+    """The variables the role's templates see: the contract's, the role's defaults, its NGINX and Docker API proxy
+    settings."""
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     internal = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
     variables = {
         **copy.deepcopy(contract.ANSIBLE_VARS),
         **defaults,
         "_platform_nginx": internal["_platform_nginx"],
+        "_platform_registry_gateway": internal["_platform_registry_gateway"],
+        "_platform_docker_api_proxy": internal["_platform_docker_api_proxy"],
         "ansible_managed": "Rendered by modelswarm.tooling.nginx_harness (a test); Ansible renders the real one.",
     }
     variables.update(overrides)
@@ -85,6 +89,35 @@ def render(template: str, variables: dict) -> str:
         autoescape=False,  # NGINX configuration and shell, not HTML  # noqa: S701
     )
     return env.get_template(template).render(**variables)
+
+
+def render_with_ansible(templates: Iterable[str], workdir: Path) -> dict[str, str]:
+    """The role's templates rendered by Ansible itself (its template lookup, as tasks/deploy.yml calls it, with the
+    contract's variables, the role's defaults and vars), for comparison with `render`: template -> text."""
+    import sys
+
+    names = list(templates)
+    playbook = workdir / "render.yml"
+    task = {
+        "ansible.builtin.copy": {
+            "content": "{{ lookup('ansible.builtin.template', templates ~ item) }}",
+            "dest": f"{workdir}/{{{{ item }}}}",
+            "mode": "0600",
+        },
+        "loop": names,
+    }
+    vars_files = [str(REPO / contract.ANSIBLE_VARS_FILE), str(ROLE / "defaults/main.yml"), str(ROLE / "vars/main.yml")]
+    play = {"hosts": "localhost", "gather_facts": False, "vars_files": vars_files,
+            "vars": {"templates": f"{ROLE}/templates/"}, "tasks": [task]}  # fmt: skip
+    playbook.write_text(json.dumps([play]))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"ansible-playbook failed: {result.stdout[-3000:]}")
+    return {name: (workdir / name).read_text() for name in names}
 
 
 # ------------------------------------------------------------------------------------------------ the upstream
@@ -108,9 +141,10 @@ class _Echo(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _answer
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
     def log_message(self, format, *args) -> None:  # quiet
         pass
@@ -216,6 +250,29 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
         time.sleep(interval)
 
 
+def exchange(
+    connection: http.client.HTTPConnection, method: str, path: str, headers: dict | None, body: bytes | str | None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on `connection`, which is closed after: (status, headers with lower-case names, body)."""
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def terminate(process: subprocess.Popen | None) -> None:
+    """SIGTERM to a child that still runs, SIGKILL if it has not exited 10 s later."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -264,6 +321,7 @@ class HostNginx:
             "binary": NGINX,
             "conf": str(self.conf),
             "pid": str(self.pid_file),
+            "temp_dir": str(root),
             "access_log": str(self.access_log),
             "error_log": str(self.error_log),
             "listen_address": "127.0.0.1",
@@ -328,13 +386,7 @@ class HostNginx:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process)
         if self.dns._thread.is_alive():
             self.dns.__exit__()
 
@@ -388,12 +440,7 @@ class HostNginx:
             )
         else:
             connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10, source_address=(source, 0))
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            connection.close()
+        return exchange(connection, method, path, headers, body)
 
     def raw(self, data: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
         """Send `data` as it is (a request with any bytes in it) and read the answer until NGINX closes."""
@@ -410,3 +457,87 @@ class HostNginx:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         return status, headers, body
+
+
+class RegistryGateway:
+    """The registry gateway (the role's registry-gateway.conf.j2) on loopback, run by the host's nginx, in front of
+    `upstream_port` (a stand-in for the registry, found as `registry` through the stub DNS). `htpasswd`: the
+    accounts file's text, as the role writes it."""
+
+    def __init__(self, root: Path, *, htpasswd: str, upstream_port: int, settings: dict | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.error_log = root / "error.log"
+        self.conf = root / "registry-gateway.conf"
+        self.process: subprocess.Popen | None = None
+        self.dns = StubDNS(["registry"])
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "htpasswd").write_text(htpasswd)
+        # NGINX's workers (not root) read the accounts file at each request, as they read /run/secrets (0444).
+        (root / "htpasswd").chmod(0o644)
+        for directory in (root, *root.parents):
+            if directory == Path(tempfile.gettempdir()):
+                break
+            directory.chmod(directory.stat().st_mode | 0o011)
+        HostNginx._certificate(self)  # the same throwaway certificate
+        paths = {
+            **role_vars()["_platform_registry_gateway"],
+            "pid": str(root / "nginx.pid"),
+            "temp_dir": str(root),
+            "access_log": str(root / "access.log"),
+            "error_log": str(self.error_log),
+            "listen_address": "127.0.0.1",
+            "port": self.port,
+            "resolver": f"127.0.0.1:{self.dns.port}",
+            "tls_certificate": str(root / "server.crt"),
+            "tls_certificate_key": str(root / "server.key"),
+            "htpasswd": str(root / "htpasswd"),
+            "upstream": f"registry:{upstream_port}",
+        }
+        self.variables = role_vars(_platform_registry_gateway=paths, **(settings or {}))
+        self.conf.write_text(render("registry-gateway.conf.j2", self.variables))
+
+    def start(self) -> RegistryGateway:
+        self.dns.__enter__()
+        self.process = subprocess.Popen(
+            [NGINX, "-e", str(self.error_log), "-c", str(self.conf), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: self.process.poll() is not None or _port_open(self.port), 10, "gateway listening")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited ({self.process.returncode}): {self.errors()[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    stop = HostNginx.stop
+    errors = HostNginx.errors
+
+    def __enter__(self) -> RegistryGateway:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def request(
+        self, method: str, path: str, user: str | None = None, password: str | None = None, body: bytes | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTPS request on a new connection, with HTTP Basic credentials when `user` is given."""
+        import base64
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.root / "server.crt"))
+        context.check_hostname = False
+        headers = {}
+        if user is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=context)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()

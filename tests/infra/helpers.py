@@ -17,12 +17,16 @@ def inventory() -> str:
     return path
 
 
-def run_tool(tool: str, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    """A tool of this venv (ansible-playbook, modelswarm, pyinfra), run from the repository root."""
+def run_tool(
+    tool: str, *args: str, timeout: int = 600, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    """A tool of this venv (ansible-playbook, modelswarm, pyinfra), run from the repository root; `stdin`: text to
+    feed it (default: it inherits the tests' stdin)."""
     return subprocess.run(
         [str(Path(sys.executable).parent / tool), *args],
         cwd=REPO,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", **env},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -35,6 +39,13 @@ def run_playbook(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_tool(
         "ansible-playbook", "-i", inventory(), *args, timeout=timeout, ANSIBLE_ROLES_PATH=str(REPO / "roles")
     )
+
+
+def playbook_failure(run: subprocess.CompletedProcess, tail: int = 2500) -> str:
+    """What a failed ansible-playbook run says about its failure: every `fatal:` line, then the end of its output."""
+    output = run.stdout + run.stderr
+    fatal = [line for line in output.splitlines() if line.startswith(("fatal:", "failed:"))]
+    return "\n".join([*fatal, "...", output[-tail:]])
 
 
 def swarm_nodes(host) -> list[dict]:
@@ -60,6 +71,31 @@ def service_tasks(host, service: str) -> list[dict]:
 
 def secrets_dir() -> Path:
     return REPO / ".secrets"
+
+
+def secret_values() -> dict[str, str]:
+    """Every secret the converge keeps on the controller, by file: the keys, passwords and tokens whole, the first
+    line of each TLS private key and each htpasswd hash (a line of base64 is enough to tell a leak)."""
+    found = {}
+    for path in sorted(secrets_dir().rglob("*")):
+        if not path.is_file() or path.suffix in (".crt", ".csr", ".json") or path.name.endswith(".srl"):
+            continue
+        text = path.read_text(errors="replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("-----")]
+        if text.startswith("-----BEGIN"):
+            # A private key's PEM: its first line holds the start of the private value; the later lines of an EC key
+            # carry its public key too, which certificates and requests show (and may show in the log).
+            lines = lines[:1]
+        for number, line in enumerate(lines):
+            value = line.split(":", 1)[1] if path.name == "htpasswd" else line
+            if len(value) >= 16:
+                found[f"{path.relative_to(secrets_dir())}:{number + 1}"] = value
+    return found
+
+
+def leaked(output: str) -> list[str]:
+    """The names of the secrets (file:line) whose value appears in `output`."""
+    return sorted(name for name, value in secret_values().items() if value in output)
 
 
 def controller_key(name: str = "") -> str:
@@ -102,10 +138,10 @@ def iris_variant(root: Path, version: str, broken: bool = False) -> Path:
     return path
 
 
-def modelswarm(*args: str, timeout: int = 900) -> tuple[int, dict, str]:
+def modelswarm(*args: str, timeout: int = 900, stdin: str | None = None) -> tuple[int, dict, str]:
     """Run the CLI against the scenario's hosts with --json; returns (exit code, JSON result, progress output)."""
     result = run_tool(
-        "modelswarm", *args, "-i", inventory(), "--json", timeout=timeout,
+        "modelswarm", *args, "-i", inventory(), "--json", timeout=timeout, stdin=stdin,
         MODELSWARM_NOTE="testinfra",
     )  # fmt: skip
     try:

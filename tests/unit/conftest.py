@@ -1,4 +1,6 @@
 import contextlib
+import io
+import json
 import os
 import secrets
 import shutil
@@ -14,6 +16,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # PostgreSQL's server binaries (Debian's postgresql-15 package; bash scripts/test-packages.sh installs them).
 PG_BIN = Path(os.environ.get("MODELSWARM_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def wsgi_call(application, method, path, body=None, content_type="application/json", query="", headers=None):
+    """One request to a WSGI app, in process: (status, headers, body). `body`: bytes as they are, else as JSON;
+    `headers`: WSGI environ entries (HTTP_X_..., CONTENT_LENGTH...) that override the defaults."""
+    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(data)),
+        "wsgi.input": io.BytesIO(data),
+        **(headers or {}),
+    }
+    seen = {}
+
+    def start_response(status, response_headers):
+        seen["status"], seen["headers"] = status, dict(response_headers)
+
+    payload = b"".join(application(environ, start_response))
+    return int(seen["status"].split()[0]), seen["headers"], payload
 
 
 @pytest.fixture
@@ -159,3 +183,93 @@ def migrated_db(pg_database):
     ledger.migrate(conn)
     yield conn
     conn.close()
+
+
+# ------------------------------------------------------------------------------------------- model secrets
+
+
+class FakeSwarmSecrets:
+    """A swarm's secrets as the docker SDK shows them: `client.secrets.list(filters)` (label filters, ANDed),
+    `client.secrets.create(...)` and `client.api.remove_secret(id)`. It keeps each value it was given (the real API
+    never returns one) so a test can check that a value went to the swarm and nowhere else. It is also a client
+    with only those (`.secrets`, `.api`)."""
+
+    def __init__(self):
+        self.secrets = self.api = self
+        self.attrs: list[dict] = []
+        self.values: dict[str, bytes] = {}
+        self.removed: list[str] = []
+
+    @staticmethod
+    def _matches(labels: dict, wanted: str) -> bool:
+        key, _, value = wanted.partition("=")
+        return key in labels and (not value or labels[key] == value)
+
+    def list(self, filters):
+        from types import SimpleNamespace
+
+        wanted = filters.get("label", [])
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        return [
+            SimpleNamespace(id=a["ID"], attrs=a)
+            for a in self.attrs
+            if all(self._matches(a["Spec"].get("Labels") or {}, w) for w in wanted)
+        ]
+
+    def create(self, name, data, labels=None):
+        from types import SimpleNamespace
+
+        import docker.errors
+
+        if any(a["Spec"]["Name"] == name for a in self.attrs):
+            raise docker.errors.APIError("conflict", response=SimpleNamespace(status_code=409), explanation="exists")
+        secret_id = f"secret{len(self.attrs) + len(self.removed) + 1}"
+        self.attrs.append({"ID": secret_id, "CreatedAt": "2025-01-01T00:00:00Z", "Spec": {"Name": name,
+                           "Labels": dict(labels or {})}})  # fmt: skip
+        self.values[secret_id] = data
+        return SimpleNamespace(id=secret_id)
+
+    def remove_secret(self, secret_id):
+        self.attrs = [a for a in self.attrs if a["ID"] != secret_id]
+        self.removed.append(secret_id)
+
+
+@pytest.fixture
+def fake_secrets() -> FakeSwarmSecrets:
+    return FakeSwarmSecrets()
+
+
+# ------------------------------------------------------------------------------------ a model for the server's tests
+
+PROBE_MODEL = '''"""A model for the model server's tests: what it does depends on the input's "do"."""
+
+from modelswarm_model import RefusedInput
+
+SECRET = "password=hunter2"  # the text no caller may ever see
+LEGACY = {"value": ValueError, "type": TypeError, "key": KeyError, "index": IndexError}
+
+
+def predict(data):
+    action = data.get("do") if isinstance(data, dict) else None
+    if action == "refuse":
+        raise RefusedInput("send a number in x")
+    if action in LEGACY:
+        raise LEGACY[action](SECRET)
+    if action == "crash":
+        raise RuntimeError(SECRET)
+    if action == "nan":
+        return float("nan")
+    if action == "object":
+        return object()
+    return {"echo": data}
+'''
+
+
+@pytest.fixture(scope="session")
+def probe_bundle(tmp_path_factory) -> Path:
+    """A valid bundle whose model refuses, fails or echoes on demand (see PROBE_MODEL)."""
+    root = tmp_path_factory.mktemp("probe-bundle")
+    (root / "modelswarm.yml").write_text("---\nname: probe\nversion: 1.0.0\n")
+    (root / "model.py").write_text(PROBE_MODEL)
+    (root / "requirements.txt").write_text("")
+    return root

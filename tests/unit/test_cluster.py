@@ -27,6 +27,19 @@ class FakeManager:
                 "503 Server Error: rpc error: code = Unknown desc = The swarm does not have a leader. It's possible "
                 "that too few managers are online. Make sure more than half of the managers are online."
             )
+        if self.behaviour == "stale-leader":  # its two followers died a moment ago
+            return [
+                {"ManagerStatus": {"Leader": True, "Reachability": "reachable"}},
+                {"ManagerStatus": {"Reachability": "unreachable"}},
+                {"ManagerStatus": {"Reachability": "unreachable"}},
+                {"Description": {}},  # an entry that never completed a join: not a raft member
+            ]
+        if self.behaviour == "one-follower-down":
+            return [
+                {"ManagerStatus": {"Leader": True, "Reachability": "reachable"}},
+                {"ManagerStatus": {"Reachability": "reachable"}},
+                {"ManagerStatus": {"Reachability": "unreachable"}},
+            ]
         return []
 
 
@@ -54,6 +67,23 @@ def test_lost_quorum_is_reported_plainly_with_the_recovery(monkeypatch):
     message = str(caught.value)
     assert message.startswith("the swarm has lost quorum: 1 of 3 managers answer (node2)")
     assert "playbooks/recover-quorum.yml -e recover_survivor=<host>" in message
+
+
+def test_a_leader_that_reaches_no_majority_is_a_lost_quorum(monkeypatch):
+    monkeypatch.setattr(
+        cluster, "docker_on", fake_docker_on({"node1": "down", "node2": "stale-leader", "node3": "down"})
+    )
+    with pytest.raises(cluster.QuorumLost) as caught, cluster.manager(INVENTORY):
+        pass
+    assert "node2: answers, but only 1 of 3 managers are reachable from it" in str(caught.value)
+
+
+def test_a_leader_that_reaches_a_majority_is_used(monkeypatch):
+    monkeypatch.setattr(
+        cluster, "docker_on", fake_docker_on({"node1": "one-follower-down", "node2": "ok", "node3": "ok"})
+    )
+    with cluster.manager(INVENTORY) as client:
+        assert client.name == "node1"
 
 
 def test_no_manager_at_all_is_not_called_a_quorum_loss(monkeypatch):

@@ -1,10 +1,10 @@
 """The console's HTTP layer: routing, who may call what, status codes and error bodies, with the database replaced
 by a fake (the identity checks themselves run on a real PostgreSQL in test_accounts.py)."""
 
-import io
 import json
 
 import pytest
+from conftest import wsgi_call
 
 from modelswarm import contract
 from modelswarm.apps.console import app, ledger
@@ -12,23 +12,7 @@ from modelswarm.apps.console.accounts import Identity
 
 
 def call(method, path, body=None, content_type="application/json", query="", headers=None):
-    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "CONTENT_TYPE": content_type,
-        "CONTENT_LENGTH": str(len(data)),
-        "wsgi.input": io.BytesIO(data),
-        **(headers or {}),
-    }
-    seen = {}
-
-    def start_response(status, headers):
-        seen["status"], seen["headers"] = status, dict(headers)
-
-    payload = b"".join(app.application(environ, start_response))
-    return int(seen["status"].split()[0]), seen["headers"], payload
+    return wsgi_call(app.application, method, path, body, content_type, query, headers)
 
 
 ROLE_KEYS = {role: f"{role}-key" for role in contract.ROLES}  # stand-ins: the fake resolves them by name
@@ -73,7 +57,7 @@ def fake_db(monkeypatch):
 def test_unknown_path_is_404_json():
     status, headers, body = call("GET", "/nope")
     assert status == 404 and headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"error": "no such endpoint: GET /nope"}
+    assert json.loads(body) == {"error": "no such endpoint: GET /nope", "request_id": headers["X-Request-Id"]}
 
 
 def test_wrong_method_is_405_with_allow():
@@ -227,3 +211,112 @@ def test_the_grants_endpoint_wants_nginxs_token(monkeypatch, tmp_path):
     assert call("GET", "/internal/grants")[0] == 401
     assert call("GET", "/internal/grants", headers=as_role("admin"))[0] == 401
     assert call("GET", "/internal/grants", headers={"HTTP_AUTHORIZATION": "Bearer wrong"})[0] == 401
+
+
+# ------------------------------------------------------------------------------------------------ error hygiene
+
+
+def test_every_answer_has_a_request_id_a_sane_one_is_kept(fake_db):
+    _, headers, _ = call("GET", "/api/rollouts", headers={**as_role("viewer"), "HTTP_X_REQUEST_ID": "0f8a1c2e4b6d"})
+    assert headers["X-Request-Id"] == "0f8a1c2e4b6d"
+    _, headers, body = call("GET", "/api/nope", headers={"HTTP_X_REQUEST_ID": "no\r\nway"})
+    assert headers["X-Request-Id"] != "no\r\nway" and json.loads(body)["request_id"] == headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "extra", "status", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, {}, 413, "at most"),
+        (b"[" * 30_000, {}, 400, "nested deeper than 64"),
+        (b'{"model": "iris", "note": NaN}', {}, 400, "NaN"),
+        (b'{"model": "\xff"}', {}, 400, "not UTF-8"),
+        (b'{"model": 1e999}', {}, 400, "out of range"),
+        (b"{}", {"CONTENT_LENGTH": "-1"}, 400, "Content-Length"),
+        (b"{}", {"CONTENT_LENGTH": "1e3"}, 400, "Content-Length"),
+        (b"{}", {"CONTENT_LENGTH": "9" * 30}, 413, "at most"),
+        (b"{}", {"CONTENT_LENGTH": "80"}, 400, "shorter"),
+        (b"{}", {"CONTENT_LENGTH": ""}, 411, "Content-Length"),
+        (b"{}", {"HTTP_TRANSFER_ENCODING": "gzip"}, 400, "chunked"),
+        (b"{}", {"CONTENT_TYPE": "application/json; charset=latin-1"}, 415, "application/json"),
+        (b"{}", {"CONTENT_TYPE": "application/jsonp"}, 415, "application/json"),
+    ],
+)
+def test_json_bodies_are_limited_and_refused_as_json(fake_db, body, extra, status, says):
+    got, headers, answer = call("POST", "/api/rollouts", body=body, headers={**as_role("deploy"), **extra})
+    assert got == status and headers["Content-Type"] == "application/json"
+    assert says in json.loads(answer)["error"] and "recorded" not in fake_db
+
+
+def test_a_failure_is_500_json_without_its_text_and_logged_with_the_request_id(fake_db, monkeypatch, capfd):
+    def broken(conn, model, limit):
+        raise RuntimeError("password=hunter2")
+
+    monkeypatch.setattr(ledger, "history", broken)
+    status, headers, body = call("GET", "/api/rollouts", headers={**as_role("viewer"), "HTTP_X_REQUEST_ID": "req-7"})
+    assert status == 500 and headers["Content-Type"] == "application/json" and headers["X-Request-Id"] == "req-7"
+    assert json.loads(body) == {"error": app.INTERNAL_ERROR, "request_id": "req-7"}
+    log = capfd.readouterr().err
+    assert "request_id=req-7 Traceback (most recent call last):" in log
+    assert "request_id=req-7 RuntimeError: password=hunter2" in log
+
+
+def test_the_databases_and_secrets_own_words_stay_in_the_log(monkeypatch, tmp_path, capfd):
+    import psycopg2
+
+    monkeypatch.setattr(app, "_prepared", True)
+    monkeypatch.setenv("MODELSWARM_APP_DB_PASSWORD_FILE", str(tmp_path / "missing"))
+    status, _, body = call("GET", "/healthz", headers={"HTTP_X_REQUEST_ID": "req-8"})
+    assert status == 503 and json.loads(body)["database"] == "the console is not configured: a secret is missing"
+    assert "request_id=req-8 503 GET /healthz: [Errno 2]" in capfd.readouterr().err
+
+    (tmp_path / "password").write_text("pw\n")
+    monkeypatch.setenv("MODELSWARM_APP_DB_PASSWORD_FILE", str(tmp_path / "password"))
+
+    def refuse(**_):
+        raise psycopg2.OperationalError('FATAL:  password authentication failed for user "console_app" at 10.0.0.5')
+
+    monkeypatch.setattr(psycopg2, "connect", refuse)
+    status, _, body = call("GET", "/api/rollouts", headers={**as_role("viewer"), "HTTP_X_REQUEST_ID": "req-9"})
+    assert status == 503 and json.loads(body) == {"error": "database unavailable", "request_id": "req-9"}
+    assert "request_id=req-9 503 GET /api/rollouts: database: FATAL:  password authentication failed" in (
+        capfd.readouterr().err
+    )
+
+
+def test_the_page_says_what_failed_but_not_how(fake_db, monkeypatch, capfd):
+    def docker_down():
+        raise ConnectionError("unix:///var/run/docker.sock: Permission denied (uid 1000)")
+
+    monkeypatch.setattr(app, "cluster", docker_down)
+    status, headers, body = call("GET", "/", headers={**as_role("viewer"), "HTTP_X_REQUEST_ID": "req-10"})
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"Docker API unavailable (request id req-10)" in body and b"Permission denied" not in body
+    assert "request_id=req-10 ConnectionError: unix:///var/run/docker.sock" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/api/nope", 404), ("PUT", "/api/keys", 405), ("GET", "/internal/grants", 401),
+     ("GET", "/internal/x", 404), ("POST", "/api/whoami", 405), ("GET", "/api/keys", 401)],
+)  # fmt: skip
+def test_api_and_internal_refusals_are_json_with_a_message(method, path, status):
+    got, headers, body = call(method, path)
+    assert got == status and headers["Content-Type"] == "application/json"
+    answer = json.loads(body)
+    assert answer["error"] and answer["request_id"] == headers["X-Request-Id"]
+
+
+def test_the_console_image_carries_the_guard_it_imports(tmp_path):
+    import subprocess
+    import sys
+
+    from modelswarm.lab import kit
+
+    for name, content in kit._console_source().items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    code = "import modelswarm.apps.console.app as a; print(a.httpguard.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(tmp_path))

@@ -37,6 +37,10 @@ def converge(tmp_path: Path) -> subprocess.CompletedProcess:
             "-e",
             f"platform_secrets_dir={tmp_path / 'secrets'}",
             "-e",
+            f"_platform_registry_dir={tmp_path / 'secrets' / 'registry'}",
+            "-e",
+            "platform_registry_bcrypt_rounds=6",
+            "-e",
             f"ansible_python_interpreter={sys.executable}",
             str(play),
         ],
@@ -66,11 +70,14 @@ def test_every_credential_is_made_once_with_private_modes(first_run):
     assert set(made) == {
         "keys/controller-admin.key", "keys/controller-deploy.key", "console-db-password",
         "console-app-db-password", "console-admin-password", "nginx-grants-token",
+        f"registry/{contract.REGISTRY_USERS['push']}.password", f"registry/{contract.REGISTRY_USERS['pull']}.password",
+        "registry/htpasswd",
     }  # fmt: skip
     assert contract.matches(contract.API_KEY_PATTERN, made["keys/controller-admin.key"])
     assert made["keys/controller-admin.key"] != made["keys/controller-deploy.key"]
     root = tmp / "secrets"
-    assert oct(root.stat().st_mode & 0o777) == "0o700" and oct((root / "keys").stat().st_mode & 0o777) == "0o700"
+    for directory in (root, root / "keys", root / "registry"):
+        assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
     for path in root.rglob("*"):
         if path.is_file():
             assert oct(path.stat().st_mode & 0o777) == "0o600", path
@@ -80,7 +87,9 @@ def test_no_key_digest_or_password_appears_in_the_output_even_at_vvv(first_run):
     tmp, result = first_run
     output = result.stdout + result.stderr
     for name, value in secrets_of(tmp).items():
-        assert value not in output, name
+        for line in value.splitlines():  # the htpasswd file line by line: each account's hash
+            assert line not in output, name
+            assert line.split(":", 1)[-1] not in output, name
         assert hashlib.sha256(value.encode()).hexdigest() not in output, name
 
 

@@ -9,7 +9,6 @@ import itertools
 import json
 import re
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -408,47 +407,12 @@ def test_the_njs_rules_are_the_contract_rules():
 def test_the_harness_renders_the_templates_as_ansible_does(tmp_path):
     """The tests above run what Ansible deploys: the same templates give the same text through Ansible's template
     lookup (as tasks/deploy.yml calls it) and through the harness, but for the `ansible_managed` line."""
-    import subprocess
-    import sys
-
-    names = ["nginx.conf.j2", "nginx-entrypoint.sh.j2"]
-    playbook = tmp_path / "render.yml"
-    playbook.write_text(
-        json.dumps(
-            [
-                {
-                    "hosts": "localhost",
-                    "gather_facts": False,
-                    "vars_files": [
-                        str(harness.REPO / contract.ANSIBLE_VARS_FILE),
-                        str(harness.ROLE / "defaults/main.yml"),
-                        str(harness.ROLE / "vars/main.yml"),
-                    ],
-                    "vars": {"templates": f"{harness.ROLE}/templates/"},
-                    "tasks": [
-                        {
-                            "ansible.builtin.copy": {
-                                "content": "{{ lookup('ansible.builtin.template', templates ~ item) }}",
-                                "dest": f"{tmp_path}/{{{{ item }}}}",
-                                "mode": "0600",
-                            },
-                            "loop": names,
-                        }
-                    ],
-                }
-            ]
-        )
+    by_ansible = harness.render_with_ansible(
+        ["nginx.conf.j2", "nginx-entrypoint.sh.j2", "registry-gateway.conf.j2"], tmp_path
     )
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
-        cwd=harness.REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:]
-    for name in names:
-        by_ansible = (tmp_path / name).read_text().splitlines()
+    for name, text in by_ansible.items():
         by_harness = harness.render(name, harness.role_vars()).splitlines()
-        assert by_ansible[1:] == by_harness[1:], name
+        assert text.splitlines()[1:] == by_harness[1:], name
 
 
 def test_the_stack_runs_the_entrypoint_with_the_grants_volume_token_and_configs():
@@ -468,6 +432,7 @@ def test_the_stack_runs_the_entrypoint_with_the_grants_volume_token_and_configs(
     assert {"source": "nginx_entrypoint", "target": paths["entrypoint"]} in nginx["configs"]
     assert {"source": "nginx_auth_js", "target": paths["auth_js"]} in nginx["configs"]
     assert "nginx_grants_token" in nginx["secrets"] and "nginx_grants_token" in console["secrets"]
-    assert nginx["volumes"] == [f"nginx-grants:{paths['grants_dir']}"]
+    assert nginx["volumes"] == [f"nginx-grants:{paths['grants_dir']}", {"type": "tmpfs", "target": "/tmp"}]
+    assert nginx["read_only"] is True and nginx["cap_drop"] == ["ALL"]
     assert "nginx-grants" in stack["volumes"]
     assert paths["grants_file"].startswith(paths["grants_dir"] + "/")

@@ -80,6 +80,14 @@ class StubConsole:
         self._thread.join(timeout=5)
 
 
+def default_signals() -> None:
+    """In the child: SIGINT and SIGQUIT back to their defaults. A shell cannot trap a signal that was ignored when
+    it started, and a test run launched in the background by a non-interactive shell (nohup, `&` in a script)
+    inherits both ignored; in the container, dockerd starts the entrypoint with every signal at its default."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Entrypoint:
     """The entrypoint as a child process (its own session), stopped by its PID."""
 
@@ -93,8 +101,9 @@ class Entrypoint:
         self.server.dns.__enter__()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["/bin/sh", str(self.script)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+                ["/bin/sh", str(self.script)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=default_signals,
+            )  # fmt: skip
         harness.wait_for(lambda: self.version() is not None, 10, "nginx answering")
         return self
 

@@ -33,6 +33,7 @@ DEFAULT_DAEMON = {
     "data-root": "/var/lib/docker",
     "log-driver": "json-file",
     "log-opts": {"max-size": "20m", "max-file": "5"},
+    "no-new-privileges": True,
 }
 EL7_PIP = ["docker==4.4.4", "websocket-client==0.59.0", "requests==2.27.1", "certifi==2021.10.8"]
 EL7_PIP += ["urllib3==1.26.20", "chardet==4.0.0", "idna==2.10", "jsondiff==1.3.1"]

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from modelswarm import cli, cluster, contract
+from modelswarm import cli, cluster, contract, registryauth
 from modelswarm.apiclient import Api
 from modelswarm.lab import kit
 from modelswarm.lifecycle import ledger, modelimage, pipeline, rollout
@@ -131,7 +131,7 @@ class FakeService:
 @pytest.fixture
 def fake_cluster(monkeypatch):
     """Everything `modelswarm rollback` touches, recorded: the ledger, the manager, the registry and the rollout."""
-    seen = {"recorded": [], "staged": [], "rolled": []}
+    seen = {"recorded": [], "staged": [], "rolled": [], "logins": []}
     service = FakeService()
 
     class Manager:
@@ -149,6 +149,8 @@ def fake_cluster(monkeypatch):
     monkeypatch.setattr(modelimage, "existing", lambda client, repo, tag: (DIGEST, "hash-of-" + tag))
     monkeypatch.setattr(modelimage, "ensure_in_registry", lambda client, ref: None)
     monkeypatch.setattr(modelimage, "stage", lambda inventory, ref: seen["staged"].append(ref))
+    monkeypatch.setattr(registryauth, "login", lambda client, registry, kind: seen["logins"].append((registry, kind)))
+    monkeypatch.setattr(modelimage, "declared_secrets", lambda client, ref: ("token",) if "1.0.0" in ref else ())
 
     def fake_rollout(client, target, timeout, report, note):
         seen["rolled"].append(target)
@@ -165,9 +167,12 @@ def test_cli_rollback_restores_the_chosen_version_and_records_it(fake_cluster, r
         ["rollback", "iris", "--to", "1.0.0", "-i", str(repo / "tests/unit/inventories/good.yml"), "--json"]
     )
     assert code == contract.Exit.OK
+    # The service spec is sent by a client logged in with the pull account (nodes pull with it, never with push).
+    assert fake_cluster["logins"] == [(FACTS["registry"], "pull")]
     target = fake_cluster["rolled"][0]
     assert (target.version, target.image) == ("1.0.0", f"r/models/iris:1.0.0@{DIGEST}")
     assert (target.replicas, target.source_hash, target.network) == (3, "hash-of-1.0.0", contract.MODELS_NETWORK)
+    assert target.secrets == ("token",)  # what that version's image declares, mounted again
     assert fake_cluster["staged"] == [target.image]
     assert fake_cluster["recorded"][0]["to_version"] == "1.0.0"
     assert json.loads(capsys.readouterr().out)["ledger_id"] == 42
@@ -354,3 +359,19 @@ def test_bundle_refuses_a_missing_kit_image(tmp_path, fake_docker_save):
     with pytest.raises(RuntimeError, match=r"is missing: run `modelswarm images build` first"):
         kit.save_bundle(client, tmp_path)
     assert fake_docker_save == [] and not (tmp_path / kit.MANIFEST).exists()
+
+
+def test_cli_rollback_to_an_image_gone_from_the_registry_is_refused_before_its_labels_are_read(
+    fake_cluster, repo, monkeypatch, capsys
+):
+    asked = []
+
+    def gone(client, ref):
+        raise modelimage.ImageMissing(f"{ref} does not exist in the registry: nothing was changed")
+
+    monkeypatch.setattr(modelimage, "ensure_in_registry", gone)
+    monkeypatch.setattr(modelimage, "declared_secrets", lambda client, ref: asked.append(ref) or ())
+    code = cli.main(["rollback", "iris", "--to", "1.0.0", "-i", str(repo / "tests/unit/inventories/good.yml")])
+    assert code == contract.Exit.USAGE
+    assert "does not exist in the registry: nothing was changed" in capsys.readouterr().err
+    assert asked == [] and fake_cluster["rolled"] == [] and fake_cluster["recorded"] == []

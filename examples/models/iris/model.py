@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+from modelswarm_model import RefusedInput  # the platform's refusal: its text is what the caller reads (422)
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 _model = {}
@@ -20,10 +21,12 @@ def predict(data):
     """
     rows = data if isinstance(data, list) else [data]
     if not rows or not all(isinstance(r, dict) for r in rows):
-        raise ValueError("send an object (or a list of objects) with " + ", ".join(FEATURES))
+        raise RefusedInput("send an object (or a list of objects) with " + ", ".join(FEATURES))
     missing = sorted({f for r in rows for f in FEATURES if f not in r})
     if missing:
-        raise ValueError(f"missing measurement(s): {', '.join(missing)}")
+        raise RefusedInput(f"missing measurement(s): {', '.join(missing)}")
+    if not all(isinstance(r[f], int | float) and not isinstance(r[f], bool) for r in rows for f in FEATURES):
+        raise RefusedInput("measurements are numbers (centimetres)")
     x = np.array([[float(r[f]) for f in FEATURES] for r in rows])
     logits = ((x - _model["mean"]) / _model["std"]) @ _model["weights"] + _model["bias"]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+from modelswarm_model import RefusedInput  # the platform's refusal: its text is what the caller reads (422)
+
 WORDS = {}
 
 
@@ -14,7 +16,7 @@ def load():
 def predict(data):
     """{"text": "..."} -> {"label": positive|negative|neutral, "score": -1..1}"""
     if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-        raise ValueError('send {"text": "..."}')
+        raise RefusedInput('send {"text": "..."}')
     tokens = re.findall(r"[a-z']+", data["text"].lower())
     positive = sum(t in WORDS["positive"] for t in tokens)
     negative = sum(t in WORDS["negative"] for t in tokens)

@@ -5,7 +5,7 @@
   POST /logout                       user     end the session (CSRF-protected)
   GET  /                             viewer   HTML: nodes, services, models, recent rollouts (browsers: signed in)
   GET  /api/whoami                   predict  the caller's name, role and kind
-  GET  /api/cluster                  viewer   nodes and services, from the Docker API (the leader is a manager)
+  GET  /api/cluster                  viewer   nodes and services, from the Docker API (read-only, through the proxy)
   GET  /api/models                   viewer   model services: version, image, replicas running/desired, update state
   GET  /api/rollouts[/<id>]          viewer   ledger, newest first (?model=NAME&limit=N), or one entry
   GET  /api/ledger/export            viewer   the whole ledger as JSON lines in id order, with its hash chain
@@ -23,7 +23,10 @@ Identity is checked before anything in the body is read: no identity -> 401, too
 Settings (environment), each secret a file (docker secrets): PGHOST, PGPORT, PGDATABASE, PGUSER (the owner, used only
 to migrate), MODELSWARM_DB_PASSWORD_FILE; the application role's password MODELSWARM_APP_DB_PASSWORD_FILE (requests
 run as `console_app`); MODELSWARM_BOOTSTRAP_KEYS_FILE and MODELSWARM_ADMIN_PASSWORD_FILE (what the converge hands
-over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); DOCKER_HOST (default: the mounted socket).
+over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); DOCKER_HOST: the stack sets the Docker API proxy
+(tcp://docker-api-proxy:2375, on the internal network docker-api), which allows the GETs of /version, /nodes,
+/services and /tasks that cluster() makes and refuses the rest (403); the default (the local socket) is for
+development only.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from modelswarm import contract
 from modelswarm.apps.console import accounts, ledger
 from modelswarm.apps.console.accounts import Identity
+from modelswarm.apps.modelserver import httpguard
+from modelswarm.apps.modelserver.httpguard import HTTPError
 
 MAX_BODY = 64 * 1024
 SESSION_COOKIE = "modelswarm_session"
@@ -55,12 +60,6 @@ CHALLENGE = 'Bearer realm="modelswarm"'
 
 _pages = Environment(loader=PackageLoader("modelswarm.apps.console", "templates"), autoescape=select_autoescape())
 _prepared = False
-
-
-class HTTPError(Exception):
-    def __init__(self, status: HTTPStatus, message: str, details: dict | None = None, headers: list | None = None):
-        super().__init__(message)
-        self.status, self.message, self.details, self.headers = status, message, details, headers or []
 
 
 @dataclass
@@ -83,7 +82,9 @@ def _secret(env: str, default: str, required: bool = True) -> str | None:
     except OSError as exc:
         if not required:
             return None
-        raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, f"secret {os.path.basename(path)} unreadable: {exc}") from exc
+        raise HTTPError(
+            HTTPStatus.SERVICE_UNAVAILABLE, "the console is not configured: a secret is missing", internal=f"{exc}"
+        ) from exc
 
 
 # Who connects with which secret: the owner (PGUSER) only migrates; requests run as the application role.
@@ -100,7 +101,9 @@ def db_connect(login: str = "owner"):
     try:
         return psycopg2.connect(password=password, connect_timeout=3, **({} if login == "owner" else {"user": login}))
     except psycopg2.OperationalError as exc:
-        raise HTTPError(HTTPStatus.SERVICE_UNAVAILABLE, f"database unavailable: {str(exc).strip()}") from exc
+        raise HTTPError(
+            HTTPStatus.SERVICE_UNAVAILABLE, "database unavailable", internal=f"database: {str(exc).strip()}"
+        ) from exc
 
 
 def prepare_database() -> None:
@@ -244,7 +247,14 @@ def grants_token_ok(environ) -> bool:
 # ------------------------------------------------------------------------------------------------ handlers
 
 
-def health(_environ, _identity) -> tuple[HTTPStatus, dict]:
+def log_internal(environ, exc: HTTPError) -> None:
+    """What an answer leaves out (a refused connection's text, a file's path) goes to the log, under the request id."""
+    if exc.internal:
+        where = f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO') or '/'}"
+        httpguard.log_failure(environ.get(REQUEST_ID_KEY, "-"), f"{exc.status.value} {where}: {exc.internal}")
+
+
+def health(environ, _identity) -> tuple[HTTPStatus, dict]:
     def probe(conn):
         with conn.cursor() as cur:
             cur.execute("SELECT max(version) FROM schema_migrations")
@@ -253,28 +263,21 @@ def health(_environ, _identity) -> tuple[HTTPStatus, dict]:
     try:
         version = with_db(probe)
     except HTTPError as exc:
+        log_internal(environ, exc)
         return HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unavailable", "database": exc.message}
     return HTTPStatus.OK, {"status": "ok", "database": "ok", "schema_version": version}
 
 
 def read_body(environ, content_type: str) -> bytes:
-    if not environ.get("CONTENT_TYPE", "").startswith(content_type):
-        raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send it as {content_type} (Content-Type)")
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError as exc:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from exc
-    if length > MAX_BODY:
-        raise HTTPError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {MAX_BODY} bytes")
-    return environ["wsgi.input"].read(length)
+    """415 for another media type; 400, 411 or 413 for a body whose length or framing is wrong (httpguard)."""
+    httpguard.require_media_type(environ, content_type)
+    return httpguard.read_body(environ, MAX_BODY)
 
 
 def read_json(environ) -> object:
+    """The body as JSON (an empty one is null); 400 past the depth limit, for NaN, bad UTF-8 or a syntax error."""
     body = read_body(environ, "application/json")
-    try:
-        return json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {exc}") from exc
+    return httpguard.parse_json(body) if body else None
 
 
 def read_form(environ) -> dict[str, str]:
@@ -282,7 +285,7 @@ def read_form(environ) -> dict[str, str]:
     try:
         return {k: v[-1] for k, v in parse_qs(body.decode(), max_num_fields=20).items()}
     except (UnicodeDecodeError, ValueError) as exc:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, f"malformed form: {exc}") from exc
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "malformed form: not UTF-8, or more than 20 fields") from exc
 
 
 def json_object(environ, fields: set[str] | None = None) -> dict:
@@ -474,15 +477,18 @@ def logout(environ, identity: Identity) -> Response:
     return Response(HTTPStatus.SEE_OTHER, "", [("Location", "/login"), _cookie(SESSION_COOKIE, "", max_age=0)])
 
 
-def page(_environ, identity: Identity) -> tuple[HTTPStatus, str]:
+def page(environ, identity: Identity) -> tuple[HTTPStatus, str]:
     problems = []
     try:
         state = cluster()
-    except Exception as exc:  # the page still renders, saying what it could not read
-        state, problems = {"nodes": [], "services": []}, [f"Docker API: {exc}"]
+    except Exception as exc:  # the page still renders, saying what it could not read (the details: in the log)
+        rid = environ.get(REQUEST_ID_KEY, "-")
+        httpguard.log_failure(rid, "page: the Docker API failed", exc)
+        state, problems = {"nodes": [], "services": []}, [f"Docker API unavailable (request id {rid})"]
     try:
         rollouts = with_db(lambda conn: ledger.history(conn, None, 20))
     except HTTPError as exc:
+        log_internal(environ, exc)
         rollouts, problems = [], [*problems, exc.message]
     html = _pages.get_template("index.html.j2").render(
         nodes=state["nodes"],
@@ -499,6 +505,8 @@ def page(_environ, identity: Identity) -> tuple[HTTPStatus, str]:
 # ------------------------------------------------------------------------------------------------ routing
 
 PUBLIC, SESSION_USER, GRANTS_TOKEN = "public", "session", "grants"
+REQUEST_ID_KEY = "modelswarm.request_id"  # the request's id, in its WSGI environ
+INTERNAL_ERROR = "internal error: the console could not answer; its log has the details under this request id"
 PAGES = {page, login_form, login}
 NAME = contract.PRINCIPAL_NAME_PATTERN
 
@@ -567,7 +575,10 @@ def authorize(environ, handler: Callable, who: str) -> Identity | None:
 
 
 def application(environ, start_response) -> Iterable[bytes]:
+    """Every answer carries X-Request-Id; every refusal is JSON {"error", "request_id"[, "details"]}; a failure of
+    the console itself is a 500 whose text and traceback go only to the log (stderr), under that id."""
     method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
+    rid = environ[REQUEST_ID_KEY] = httpguard.request_id(environ)
     status, payload, headers = HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {method} {path}"}, []
     allowed = [m for m, pattern, _, _ in ROUTES if pattern.match(path)]
     try:
@@ -592,8 +603,14 @@ def application(environ, start_response) -> Iterable[bytes]:
                 status, payload = HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{method} not allowed on {path}"}
                 headers = [("Allow", ", ".join(allowed))]
     except HTTPError as exc:
+        log_internal(environ, exc)
         status, headers = exc.status, exc.headers
         payload = {"error": exc.message, **({"details": exc.details} if exc.details else {})}
+    except Exception as exc:  # a failure of the console (or of what it calls): never its text to the client
+        httpguard.log_failure(rid, f"500 {method} {path}: {type(exc).__name__}", exc)
+        status, payload, headers = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": INTERNAL_ERROR}, []
+    if isinstance(payload, dict) and "error" in payload and status >= 400:
+        payload["request_id"] = rid
     if isinstance(payload, bytes):
         body, content_type = payload, "text/plain; charset=utf-8"
     elif isinstance(payload, str):
@@ -604,6 +621,6 @@ def application(environ, start_response) -> Iterable[bytes]:
     out = [*headers]
     if "content-type" not in names:
         out.append(("Content-Type", content_type))
-    out += [("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    out += [("Content-Length", str(len(body))), ("Cache-Control", "no-store"), (httpguard.REQUEST_ID_HEADER, rid)]
     start_response(f"{status.value} {status.phrase}", out)
     return [body]

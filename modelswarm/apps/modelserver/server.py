@@ -1,13 +1,23 @@
 """Model server: a WSGI app that gunicorn runs with several workers inside each model image.
 
-  POST /predict   JSON in -> {"prediction": ...}; 400 malformed JSON, 422 input the model refuses, 500 model error
+  POST /predict   JSON in -> {"prediction": ...}; errors below, always JSON {"error": ..., "request_id": ...}
   GET  /health    200 once the model is loaded (the image HEALTHCHECK and swarm's rollout gate use it)
   GET  /info      name, version, image (with digest), source hash
   GET  /metrics   Prometheus text: requests by outcome, prediction latency (per worker process)
 
+Client errors: 400 a body that is not UTF-8 or not JSON, nests deeper than MODELSWARM_MAX_JSON_DEPTH (64), holds
+NaN/Infinity or an out-of-range number, a bad Content-Length or transfer coding, a body cut short; 404 unknown path;
+405 wrong method (with Allow); 411 no length; 413 over MODELSWARM_MAX_BODY; 415 not application/json; 422 input
+the model refuses. A model's own exception is 500 with a generic message: its text and traceback go only to stderr,
+tagged with the request id (X-Request-Id from NGINX if sane, else a new one; echoed on every answer).
+
+The refusal the caller may read is modelswarm_model.RefusedInput (its text is the answer's message). ValueError,
+TypeError, KeyError and IndexError still give 422, as before, but with a generic message: their text is logged only.
+
 Each worker imports the bundle's entry point and runs its optional load() before it accepts requests, so a model
 that cannot load never reports healthy. gunicorn finishes in-flight requests on SIGTERM (graceful timeout).
-Standard library only: the image's Python runs it next to the model's own requirements.
+Standard library only: the image's Python runs it next to the model's own requirements; httpguard.py and
+modelswarm_model.py sit next to it (the model imports the latter), gunicorn_conf.py makes gunicorn's own refusals JSON.
 """
 
 import importlib.util
@@ -16,6 +26,15 @@ import os
 import sys
 import threading
 import time
+from http import HTTPStatus
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)  # the modules next to this file, for the server and for the model's own imports
+
+import httpguard  # noqa: E402
+from httpguard import HTTPError  # noqa: E402
+from modelswarm_model import RefusedInput  # noqa: E402
 
 BUNDLE_DIR = os.environ.get("MODELSWARM_BUNDLE_DIR", "/opt/model/bundle")
 ENTRYPOINT = os.environ.get("MODELSWARM_ENTRYPOINT", "model.py")
@@ -26,6 +45,9 @@ INFO = {
     "image": os.environ.get("MODELSWARM_IMAGE", ""),
     "source_hash": os.environ.get("MODELSWARM_SOURCE_HASH", ""),
 }
+METHODS = {"/predict": ("POST",), "/health": ("GET", "HEAD"), "/info": ("GET", "HEAD"), "/metrics": ("GET", "HEAD")}
+LEGACY_REFUSALS = (ValueError, TypeError, KeyError, IndexError)  # 422 before RefusedInput existed: text now hidden
+MODEL_FAILED = "the model failed on this input; its operators find the details in the log under this request id"
 
 
 def _load_model():
@@ -52,42 +74,39 @@ def _count(outcome, seconds=None):
             _latency["count"] += 1
 
 
-def _json(start_response, status, payload):
-    body = (json.dumps(payload) + "\n").encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-    return [body]
-
-
-def _predict(environ, start_response):
+def _predict(environ, rid):
+    """(status, JSON text) of one prediction."""
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = -1
-    if length < 0 or length > MAX_BODY:
+        httpguard.require_media_type(environ, "application/json")
+        data = httpguard.parse_json(httpguard.read_body(environ, MAX_BODY))
+    except HTTPError:
         _count("bad_request")
-        return _json(start_response, "413 Payload Too Large", {"error": f"send at most {MAX_BODY} bytes of JSON"})
-    raw = environ["wsgi.input"].read(length)
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        _count("bad_request")
-        return _json(start_response, "400 Bad Request", {"error": f"malformed JSON: {exc}"})
+        raise
     started = time.perf_counter()
     try:
         result = MODEL.predict(data)
-        body = {"prediction": result, "model": INFO["name"], "version": INFO["version"]}
-        json.dumps(body)  # a result JSON cannot carry is the model's error, not the client's
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+    except RefusedInput as exc:
         _count("rejected")
-        return _json(start_response, "422 Unprocessable Entity", {"error": f"{type(exc).__name__}: {exc}"})
-    except Exception as exc:  # the model failed: report it, keep serving
+        raise HTTPError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc) or "the model refused this input") from exc
+    except LEGACY_REFUSALS as exc:
+        _count("rejected")
+        httpguard.log_failure(rid, f"422: the model raised {type(exc).__name__}, not RefusedInput: text not shown", exc)
+        raise HTTPError(HTTPStatus.UNPROCESSABLE_ENTITY, "the model refused this input") from exc
+    except Exception as exc:  # the model failed: log it, answer without its text, keep serving
         _count("error")
-        return _json(start_response, "500 Internal Server Error", {"error": f"model failed: {type(exc).__name__}"})
+        httpguard.log_failure(rid, f"500: the model raised {type(exc).__name__}", exc)
+        raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_FAILED) from exc
+    try:  # an answer JSON cannot carry (NaN, objects) is the model's error, not the client's
+        text = json.dumps({"prediction": result, "model": INFO["name"], "version": INFO["version"]}, allow_nan=False)
+    except Exception as exc:
+        _count("error")
+        httpguard.log_failure(rid, "500: the model's answer is not JSON", exc)
+        raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_FAILED) from exc
     _count("ok", time.perf_counter() - started)
-    return _json(start_response, "200 OK", body)
+    return HTTPStatus.OK, text
 
 
-def _metrics(start_response):
+def _metrics():
     lines = ["# TYPE modelswarm_requests_total counter"]
     with _lock:
         for outcome, value in sorted(_counts.items()):
@@ -97,21 +116,43 @@ def _metrics(start_response):
             f'modelswarm_prediction_seconds_sum{{model="{INFO["name"]}"}} {_latency["sum"]:.6f}',
             f'modelswarm_prediction_seconds_count{{model="{INFO["name"]}"}} {_latency["count"]}',
         ]
-    body = ("\n".join(lines) + "\n").encode()
-    start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4"), ("Content-Length", str(len(body)))])
-    return [body]
+    return "\n".join(lines)
+
+
+def _answer(environ, rid):
+    """(status, body text, content type, extra headers) for one request; raises HTTPError for every refusal."""
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
+    allowed = METHODS.get(path)
+    if allowed is None:
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+    if method not in allowed:
+        raise HTTPError(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            f"{path} answers {' or '.join(allowed)}",
+            headers=[("Allow", ", ".join(allowed))],
+        )
+    if path == "/predict":
+        status, text = _predict(environ, rid)
+        return status, text, "application/json"
+    if path == "/metrics":
+        return HTTPStatus.OK, _metrics(), "text/plain; version=0.0.4"
+    payload = {"status": "ok", **INFO} if path == "/health" else {**INFO, "pid": os.getpid()}
+    return HTTPStatus.OK, json.dumps(payload), "application/json"
 
 
 def application(environ, start_response):
-    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
-    if path == "/predict":
-        if method != "POST":
-            return _json(start_response, "405 Method Not Allowed", {"error": "POST JSON to /predict"})
-        return _predict(environ, start_response)
-    if path == "/health" and method == "GET":
-        return _json(start_response, "200 OK", {"status": "ok", **INFO})
-    if path == "/info" and method == "GET":
-        return _json(start_response, "200 OK", {**INFO, "pid": os.getpid()})
-    if path == "/metrics" and method == "GET":
-        return _metrics(start_response)
-    return _json(start_response, "404 Not Found", {"error": f"no such endpoint: {method} {path}"})
+    rid = httpguard.request_id(environ)
+    headers = []
+    try:
+        status, text, content_type = _answer(environ, rid)
+    except HTTPError as exc:
+        status, headers, content_type = exc.status, exc.headers, "application/json"
+        text = json.dumps({"error": exc.message, "request_id": rid})
+    except Exception as exc:  # a fault of the server itself: the same generic, logged answer
+        httpguard.log_failure(rid, "500: the model server failed", exc)
+        status, content_type = HTTPStatus.INTERNAL_SERVER_ERROR, "application/json"
+        text = json.dumps({"error": "internal error", "request_id": rid})
+    body = (text + "\n").encode()
+    headers = [*headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    start_response(f"{status.value} {status.phrase}", [*headers, (httpguard.REQUEST_ID_HEADER, rid)])
+    return [body]

@@ -13,6 +13,9 @@ description:
   - Polls the Docker API (on a manager) until each replicated service of the stack has as many running tasks as
     replicas, and each global service has a running task on every ready, active node that its placement allows.
   - Fails, naming each service that has not converged and why (task state and error), when the timeout passes.
+  - Fails at once when an update started by this deploy (within C(recent) seconds before the module started) was
+    rolled back or paused: the tasks then run the old spec, and a count of running tasks alone would call it
+    converged.
   - Changes nothing.
 options:
   stack:
@@ -27,6 +30,10 @@ options:
     description: Seconds between polls.
     type: int
     default: 3
+  recent:
+    description: An update that started this many seconds before the module, or later, belongs to this deploy.
+    type: int
+    default: 300
 requirements: [docker (Python SDK)]
 author: modelswarm
 """
@@ -42,6 +49,7 @@ seconds:
   type: float
 """
 
+import calendar
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -88,13 +96,25 @@ def latest_news(service):
     return news
 
 
-def status(client, stack):
+FAILED_UPDATES = ("paused", "rollback_started", "rollback_paused", "rollback_completed")
+
+
+def started_at(update_status):
+    """Epoch seconds of an UpdateStatus's StartedAt (Docker's RFC 3339 with nanoseconds), or 0."""
+    text = (update_status or {}).get("StartedAt") or ""
+    try:
+        return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0
+
+
+def status(client, stack, since=0):
     nodes = [
         n.attrs
         for n in client.nodes.list()
         if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"]["Availability"] == "active"
     ]
-    report, problems = {}, []
+    report, problems, failed = {}, [], []
     for service in client.services.list(filters={"label": "com.docker.stack.namespace=%s" % stack}):
         spec = service.attrs["Spec"]
         tasks = service.tasks(filters={"desired-state": "running"})
@@ -110,9 +130,17 @@ def status(client, stack):
             have = len(running)
             mode = "replicated"
         report[spec["Name"]] = {"mode": mode, "desired": desired, "running": have}
-        if have != desired:
+        update = service.attrs.get("UpdateStatus") or {}
+        if update.get("State") in FAILED_UPDATES and started_at(update) >= since:
+            failed.append(
+                "%s: the update was %s (%s); it runs its previous spec. %s"
+                % (spec["Name"], update["State"].replace("_", " "), update.get("Message", ""), latest_news(service))
+            )
+        elif update.get("State") in ("updating", "rollback_started"):
+            problems.append("%s: updating (%s)" % (spec["Name"], latest_news(service)))
+        elif have != desired:
             problems.append("%s: %d/%d running (%s)" % (spec["Name"], have, desired, latest_news(service)))
-    return report, problems
+    return report, problems, failed
 
 
 def main():
@@ -121,6 +149,7 @@ def main():
             stack=dict(type="str", required=True),
             timeout=dict(type="int", default=300),
             interval=dict(type="int", default=3),
+            recent=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )
@@ -129,7 +158,12 @@ def main():
     client = docker.from_env(timeout=30)
     started = time.time()
     while True:
-        report, problems = status(client, module.params["stack"])
+        report, problems, failed = status(client, module.params["stack"], since=started - module.params["recent"])
+        if failed:
+            module.fail_json(
+                msg="stack %s: an update was rolled back: %s" % (module.params["stack"], " | ".join(failed)),
+                services=report,
+            )
         if report and not problems:
             module.exit_json(changed=False, services=report, seconds=round(time.time() - started, 1))
         if time.time() - started > module.params["timeout"]:

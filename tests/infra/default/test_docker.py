@@ -18,6 +18,18 @@ def test_daemon_json_turns_log_rotation_on(host):
     assert host.check_output("docker info --format '{{.LoggingDriver}}'") == "json-file"
 
 
+def test_every_container_runs_with_no_new_privileges(host):
+    """daemon.json's no-new-privileges, as the kernel sees it: NoNewPrivs 1 in every running container's process
+    (Docker 20.10's service specs cannot set it per service, so the daemon setting is what counts)."""
+    assert json.loads(host.file("/etc/docker/daemon.json").content_string)["no-new-privileges"] is True
+    ids = host.check_output("docker ps -q").split()
+    assert ids
+    for container in ids:
+        pid = host.check_output("docker inspect --format '{{.State.Pid}}' %s", container)
+        status = host.file(f"/proc/{pid}/status").content_string
+        assert "NoNewPrivs:\t1" in status, (container, [line for line in status.splitlines() if "NoNew" in line])
+
+
 def test_engine_package_is_held_at_the_pinned_version(host):
     assert "docker.io" in host.check_output("apt-mark showhold").split()
     assert host.package("docker.io").version == "20.10.24+dfsg1-1+deb12u1+b6"

@@ -94,10 +94,16 @@ def test_prediction_through_nginx_on_every_node_is_right(node):
 
 
 def test_bad_requests_get_clear_errors():
-    malformed = call("node2", "POST", "/models/iris/predict", data="{nope", scheme="http")
+    json_type = {"Content-Type": "application/json"}
+    malformed = call("node2", "POST", "/models/iris/predict", data="{nope", scheme="http", headers=json_type)
     assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
+    deep = call("node1", "POST", "/models/iris/predict", data="[" * 100_000, scheme="http", headers=json_type)
+    assert deep.status_code == 400 and "nested deeper" in deep.json()["error"] and deep.headers["X-Request-Id"]
+    untyped = call("node2", "POST", "/models/iris/predict", data="{}", scheme="http")
+    assert untyped.status_code == 415 and untyped.headers["Content-Type"] == "application/json"
     missing = predict("node3", {"sepal_length": 1})
     assert missing.status_code == 422 and "missing measurement(s)" in missing.json()["error"]
+    assert missing.json()["request_id"] == missing.headers["X-Request-Id"]  # NGINX's $request_id, passed on
     unknown = call("node1", "POST", "/models/nosuch/predict", json={}, scheme="http")
     assert unknown.status_code == 502 and "not deployed" in unknown.json()["error"]
 

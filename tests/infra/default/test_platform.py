@@ -9,13 +9,13 @@ import requests
 import testinfra
 
 from modelswarm.apps.console import ledger
-from tests.infra.helpers import call, inventory, lab_addresses, secrets_dir, service_tasks
+from tests.infra.helpers import call, inventory, lab_addresses, leaked, secrets_dir, service_tasks
 
 testinfra_hosts = ["ansible://node1"]
 STACK = "modelswarm"
-GLOBAL = ["nginx", "logspout", "registrator"]
+GLOBAL = ["nginx", "docker-api-proxy", "logspout", "registrator"]
 SINGLE = ["consul", "logstash", "elasticsearch"]
-ON_LEADER = ["console", "postgres", "registry"]
+ON_LEADER = ["console", "postgres", "registry", "registry-gateway"]
 NODES = sorted(lab_addresses())
 
 
@@ -131,7 +131,10 @@ def test_image_pushed_on_one_node_is_pulled_over_tls_on_another(host):
     source = json.loads(host.check_output("docker image inspect modelswarm/python-runtime:3.11-bookworm"))[0]
     host.check_output("docker tag %s %s", source["Id"], probe)
     try:
-        host.check_output("docker push %s", probe)
+        # The leader's push account is in its own Docker client configuration; the default one holds the pull account.
+        host.check_output("DOCKER_CONFIG=/etc/modelswarm/registry-push docker push %s", probe)
+        refused = host.run("docker push %s", probe)
+        assert refused.rc != 0 and "denied" in refused.stderr, refused.stderr
         pulled = node2.run("docker pull %s", probe)
         assert pulled.rc == 0, pulled.stderr
         assert json.loads(node2.check_output("docker image inspect %s", probe))[0]["Id"] == source["Id"]
@@ -147,11 +150,10 @@ def test_image_pushed_on_one_node_is_pulled_over_tls_on_another(host):
 
 
 def test_no_secret_appears_in_service_inspect(host):
+    """Not a key, password, token, TLS key or htpasswd hash of the controller's (models' registry credentials
+    included: the engine never shows the pull account it stores in a service's spec)."""
     inspect = host.check_output("docker service inspect $(docker service ls -q)")
-    password = (secrets_dir() / "console-db-password").read_text().split()[0]
-    key_body = (secrets_dir() / "pki" / "server.key").read_text().splitlines()[1]
-    leaked = password in inspect or key_body in inspect
-    assert not leaked, "a secret appears in docker service inspect output"
+    assert leaked(inspect) == [], "secrets appear in docker service inspect output"
 
 
 def test_lab_placeholders_are_labelled_as_such(host):
@@ -184,7 +186,11 @@ def test_the_platform_publishes_what_deploys_need(host):
 
 def test_leader_pinned_images_reach_the_leader_only(host):
     pinned = ["modelswarm/console:0.1.0", "modelswarm/lab-postgres:15-bookworm", "modelswarm/lab-registry:2.8-bookworm"]
-    everywhere = ["modelswarm/lab-nginx:1.22-bookworm", "modelswarm/placeholder-consul:lab"]
+    everywhere = [
+        "modelswarm/lab-nginx:1.22-bookworm",
+        "modelswarm/lab-haproxy:2.6-bookworm",
+        "modelswarm/placeholder-consul:lab",
+    ]
     for node in NODES:
         other = testinfra.get_host(f"ansible://{node}", ansible_inventory=inventory())
         present = {image: other.run("docker image inspect %s", image).rc == 0 for image in pinned + everywhere}

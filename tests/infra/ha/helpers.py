@@ -17,7 +17,7 @@ from tests.infra.helpers import bearer, controller_key, inventory, lab_addresses
 NODES = ("node1", "node2", "node3")
 DESIGNATED_LEADER = "node1"
 MODEL_SERVICE = "model-iris"
-PINNED = ("modelswarm_console", "modelswarm_postgres", "modelswarm_registry")
+PINNED = ("modelswarm_console", "modelswarm_postgres", "modelswarm_registry", "modelswarm_registry-gateway")
 
 
 def host(node: str):
@@ -58,7 +58,9 @@ def nodes_view(via: str) -> dict[str, dict]:
     view = {}
     for node in json.loads(target.check_output("docker node inspect " + " ".join(ids))):
         manager = node.get("ManagerStatus") or {}
-        view[node["Description"]["Hostname"]] = {
+        # An entry without a host (a join that never completed) is listed under its ID, so that checks see it.
+        name = (node.get("Description") or {}).get("Hostname") or f"no host ({node['ID']})"
+        view[name] = {
             "id": node["ID"],
             "state": node["Status"]["State"],
             "reachability": manager.get("Reachability"),
@@ -95,8 +97,8 @@ def all_managers_ready(via: str) -> bool:
 
 
 def wait_healthy(via: str = DESIGNATED_LEADER, timeout: float = 240) -> float:
-    """Three ready, reachable managers, the model on 2 nodes, the pinned services running and the console
-    answering through NGINX. Returns the seconds it took."""
+    """Three ready, reachable managers (and no other node entry), the model on 2 nodes, the pinned services
+    running, the console answering through NGINX and every node's NGINX answering. Returns the seconds it took."""
     import requests
 
     started = time.monotonic()
@@ -114,7 +116,28 @@ def wait_healthy(via: str = DESIGNATED_LEADER, timeout: float = 240) -> float:
         ),
         timeout,
     )
+    # A node that came back is healthy only when its own NGINX answers: the next case may send its load there.
+    for node in NODES:
+        wait_for(f"NGINX answering on {node}", lambda n=node: nginx_answers(via, n), timeout)
     return time.monotonic() - started
+
+
+def nginx_answers(via: str, node: str) -> bool:
+    """True when NGINX on `node` answers its health check; otherwise raises with what the swarm says of its task."""
+    import requests
+
+    try:
+        code = requests.get(f"http://{lab_addresses()[node]}/healthz", timeout=3).status_code
+    except requests.RequestException as exc:
+        code = type(exc).__name__
+    if code == 200:
+        return True
+    task = host(via).check_output(
+        "docker service ps --filter node=%s --filter desired-state=running "
+        "--format '{{.CurrentState}} {{.Error}}' modelswarm_nginx",
+        node,
+    )
+    raise AssertionError(f"/healthz: {code}; its NGINX task: {task or 'none'}")
 
 
 def pinned_states(via: str) -> dict[str, str]:

@@ -1,0 +1,38 @@
+"""gunicorn settings of the model server (`gunicorn --config /opt/model/gunicorn_conf.py`; written for the gunicorn
+pinned in modelswarm.lifecycle.modelimage, and tested under it by tests/unit/test_modelserver_fuzz.py).
+
+gunicorn answers a request it cannot parse (request line, header names and values, Content-Length, Transfer-Encoding,
+over-long lines or headers) itself, before the app sees it, with an HTML page. Here those answers are JSON like the
+app's own; a transfer coding gunicorn does not know and a SCRIPT_NAME header that does not prefix the path (gunicorn
+honours that header from clients) are the client's mistakes: 400, not 501 or 500.
+"""
+
+import json
+
+from gunicorn import util
+from gunicorn.http.errors import ConfigurationProblem, InvalidHeader, UnsupportedTransferCoding
+from gunicorn.workers.sync import SyncWorker
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    """gunicorn.util.write_error's contract (status, reason phrase, message), answered as JSON."""
+    body = json.dumps({"error": mesg or reason}) + "\n"
+    head = f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    util.write_nonblock(sock, f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode("latin-1"))
+
+
+class JSONErrorWorker(SyncWorker):
+    """gunicorn's sync worker (the default), its refusals in JSON, the client's mistakes as 400."""
+
+    def handle_error(self, req, client, addr, exc):
+        if isinstance(exc, UnsupportedTransferCoding):
+            exc = InvalidHeader("TRANSFER-ENCODING (only chunked is accepted)")
+        elif isinstance(exc, ConfigurationProblem):  # raised for one thing only: a SCRIPT_NAME header off the path
+            exc = InvalidHeader("SCRIPT_NAME")
+        super().handle_error(req, client, addr, exc)
+
+
+# gunicorn's default access log line, without %(u)s (HTTP Basic's user), with the answer's request id.
+access_log_format = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
+util.write_error = write_json_error  # what handle_error calls; workers are forked from this process
+worker_class = JSONErrorWorker

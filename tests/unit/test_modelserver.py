@@ -1,0 +1,206 @@
+"""The model server's answers, in process: every refusal is JSON with a message and a request id, a model's own
+exception never shows its text, the metrics count outcomes. Under gunicorn, with raw sockets: test_modelserver_fuzz."""
+
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import wsgi_call
+
+from modelswarm.apps import modelserver
+
+SERVER_DIR = os.path.dirname(modelserver.__file__)
+MAX_BODY = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(probe_bundle):
+    """server.py loaded as the image loads it, on the probe bundle, with a small body limit."""
+    saved_env, saved_path = dict(os.environ), list(sys.path)
+    os.environ.update(MODELSWARM_BUNDLE_DIR=str(probe_bundle), MODELSWARM_MAX_BODY=str(MAX_BODY))
+    try:
+        spec = importlib.util.spec_from_file_location("modelserver_under_test", os.path.join(SERVER_DIR, "server.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.path[:] = saved_path
+
+
+def call(server, method="POST", path="/predict", body=b"", content_type="application/json", headers=None):
+    return wsgi_call(server.application, method, path, body, content_type, headers=headers)
+
+
+def refused(server, expected_status, **kwargs):
+    """The answer is `expected_status`, JSON, with a message and the request id of its header; returns the message."""
+    status, headers, body = call(server, **kwargs)
+    assert status == expected_status, body
+    assert headers["Content-Type"] == "application/json"
+    answer = json.loads(body)
+    assert answer["error"] and answer["request_id"] == headers["X-Request-Id"]
+    return answer["error"]
+
+
+def counts(server):
+    status, _, body = call(server, "GET", "/metrics")
+    assert status == 200
+    return {m[0]: int(m[1]) for m in re.findall(r'outcome="(\w+)"} (\d+)', body.decode())}
+
+
+def test_a_prediction_is_200_json_with_a_request_id(server):
+    status, headers, body = call(server, body={"x": 1})
+    assert status == 200 and json.loads(body)["prediction"] == {"echo": {"x": 1}}
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [("0f8a1c2e4b6d8f0a1c2e4b6d8f0a1c2e", True), ("ci-run:42.7", True), ("a b", False), ("x" * 200, False),
+     ("id\r\nX-Evil: 1", False), ("", False), ("ünï", False)],
+)  # fmt: skip
+def test_a_sane_request_id_is_kept_any_other_replaced(server, sent, kept):
+    _, headers, _ = call(server, "GET", "/health", headers={"HTTP_X_REQUEST_ID": sent})
+    assert (headers["X-Request-Id"] == sent) is kept
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", headers["X-Request-Id"])
+
+
+def test_unknown_path_is_404_and_wrong_method_405_with_allow(server):
+    assert "no such endpoint" in refused(server, 404, path="/nope")
+    refused(server, 404, method="GET", path="/predict/")
+    for method in ("GET", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, headers, _ = call(server, method)
+        assert status == 405 and headers["Allow"] == "POST"
+    status, headers, _ = call(server, "POST", "/health")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert call(server, "HEAD", "/health")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["", "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "application/json; charset=latin-1",
+     "multipart/form-data; boundary=x"],
+)  # fmt: skip
+def test_a_body_that_is_not_json_by_its_content_type_is_415(server, content_type):
+    assert "application/json" in refused(server, 415, body={"x": 1}, content_type=content_type)
+
+
+def test_json_with_a_utf8_charset_or_other_case_is_accepted(server):
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", 'application/json;charset="UTF-8"'):
+        assert call(server, body={"x": 1}, content_type=content_type)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64"),
+        (b'{"a":' * 65 + b"1" + b"}" * 65, "nested deeper than 64"),
+        (b"[" * 100_000, "nested deeper than 64"),
+        (b"NaN", "NaN is not JSON"),
+        (b'{"x": -Infinity}', "Infinity is not JSON"),
+        (b"[1e999]", "out of range"),
+        (b"1" * 5000, "4300 digits"),
+        (b'{"x": "\xff\xfe"}', "not UTF-8"),
+        (b'\xef\xbb\xbf{"x": 1}', "malformed JSON"),
+        (b'{"x": [1, 2', "malformed JSON"),
+        (b'{"x": "abc', "malformed JSON"),
+        (b"{} trailing", "malformed JSON"),
+        (b"", "empty body"),
+        (b" \n\t", "empty body"),
+    ],
+)
+def test_malformed_json_is_400_saying_why(server, body, says):
+    assert says in refused(server, 400, body=body)
+
+
+def test_nesting_up_to_the_limit_is_fine_and_brackets_in_strings_do_not_count(server):
+    assert call(server, body=b"[" * 64 + b"]" * 64)[0] == 200
+    assert call(server, body=json.dumps({"text": "[" * 1000 + '\\"{' * 100}).encode())[0] == 200
+
+
+def test_body_size_and_framing(server):
+    assert str(MAX_BODY) in refused(server, 413, body=b"[" + b"1," * MAX_BODY + b"1]")
+    assert "Content-Length" in refused(server, 400, headers={"CONTENT_LENGTH": "-1"})
+    assert "Content-Length" in refused(server, 400, headers={"CONTENT_LENGTH": "12abc"})
+    assert str(MAX_BODY) in refused(server, 413, headers={"CONTENT_LENGTH": "9" * 40})
+    assert "shorter" in refused(server, 400, body=b"[1]", headers={"CONTENT_LENGTH": "10"})
+    assert "Content-Length" in refused(server, 411, headers={"CONTENT_LENGTH": ""})
+    assert "chunked" in refused(server, 400, headers={"HTTP_TRANSFER_ENCODING": "gzip"})
+    chunked = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked"}
+    assert call(server, body=b'{"x": 2}', headers=chunked)[0] == 200
+    assert str(MAX_BODY) in refused(server, 413, body=b" " * (MAX_BODY + 1), headers=chunked)
+
+
+def test_a_body_the_server_cannot_read_is_400(server):
+    class Broken(io.BytesIO):
+        def read(self, *_):
+            raise OSError("Invalid chunk size")
+
+    status, _, body = call(server, headers={"wsgi.input": Broken(), "HTTP_TRANSFER_ENCODING": "chunked"})
+    assert status == 400 and b"could not be read" in body and b"Invalid chunk" not in body
+
+
+def test_a_refusal_shows_its_own_text_only(server):
+    assert refused(server, 422, body={"do": "refuse"}) == "send a number in x"
+
+
+@pytest.mark.parametrize("legacy", ["value", "type", "key", "index"])
+def test_a_plain_valueerror_and_kin_stay_422_but_their_text_is_hidden(server, legacy, capfd):
+    status, headers, body = call(server, body={"do": legacy})
+    assert status == 422 and b"hunter2" not in body
+    assert json.loads(body)["error"] == "the model refused this input"
+    log = capfd.readouterr().err
+    assert f"request_id={headers['X-Request-Id']}" in log and "hunter2" in log
+
+
+@pytest.mark.parametrize("failure", ["crash", "nan", "object"])
+def test_a_models_failure_is_500_generic_and_its_traceback_goes_to_the_log(server, failure, capfd):
+    status, headers, body = call(server, body={"do": failure}, headers={"HTTP_X_REQUEST_ID": "req-0042"})
+    assert status == 500 and headers["Content-Type"] == "application/json" and headers["X-Request-Id"] == "req-0042"
+    answer = json.loads(body)
+    assert answer == {"error": server.MODEL_FAILED, "request_id": "req-0042"}
+    log = capfd.readouterr().err
+    assert "request_id=req-0042 Traceback (most recent call last):" in log
+    if failure == "crash":
+        assert "request_id=req-0042 RuntimeError: password=hunter2" in log
+
+
+def test_a_fault_of_the_server_itself_is_500_json_too(server, monkeypatch, capfd):
+    monkeypatch.setattr(server, "_metrics", lambda: 1 / 0)
+    status, headers, body = call(server, "GET", "/metrics")
+    assert status == 500 and json.loads(body) == {"error": "internal error", "request_id": headers["X-Request-Id"]}
+    assert "ZeroDivisionError" in capfd.readouterr().err
+
+
+def test_metrics_count_each_outcome(server):
+    before = counts(server)
+    call(server, body={"x": 1})
+    call(server, body=b"{")
+    call(server, body={"x": 1}, content_type="text/plain")
+    call(server, body={"do": "refuse"})
+    call(server, body={"do": "value"})
+    call(server, body={"do": "crash"})
+    after = counts(server)
+    assert {k: after[k] - before[k] for k in after} == {"ok": 1, "bad_request": 2, "rejected": 2, "error": 1}
+
+
+def test_the_depth_limit_is_a_setting():
+    code = "import httpguard; print(httpguard.MAX_JSON_DEPTH)"
+    env = {**os.environ, "MODELSWARM_MAX_JSON_DEPTH": "5"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=SERVER_DIR, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "5"
+
+
+def test_the_depth_scan_is_linear_and_skips_strings():
+    from modelswarm.apps.modelserver import httpguard
+
+    assert httpguard.json_depth(b'{"a": [1, {"b": "[[[["}]}') == 3
+    assert httpguard.json_depth(b'["\\\\", "\\"[[", [[]]]') == 3
+    assert httpguard.json_depth(b'"unterminated [[[[') == 0
+    assert httpguard.json_depth(b"[" * 1_000_000) == 1_000_000
