@@ -118,5 +118,5 @@ cis: venv ## CIS Docker Benchmark v1.6 sections 5 and 7 on the lab's leader, rea
 	@python -m modelswarm.tooling.cis -i $(or $(INVENTORY),inventory/lab) $(if $(NODE),--node $(NODE))
 
 .PHONY: test-el7
-test-el7: engine ## The cluster scenario again with the CentOS 7 lock (ansible-core 2.16, in .venv-el7).
+test-el7: engine ## The cluster scenario with the CentOS 7 lock (ansible-core 2.16, .venv-el7), then the HA cases on it.
 	@$(MAKE) --no-print-directory molecule VENV=.venv-el7 LOCK=requirements/lock-el7.txt SCENARIOS=legacy-core
