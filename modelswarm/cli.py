@@ -123,6 +123,32 @@ def cmd_build(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from modelswarm import cluster
+    from modelswarm.lab import kit
+    from modelswarm.lifecycle import bundle as bundles
+    from modelswarm.lifecycle import pipeline
+
+    bundle = bundles.load_bundle(args.bundle)
+    overrides = _overrides(args)
+    if args.local:
+        client = lab.connect()
+        overrides = pipeline.Overrides(
+            runtime_image=overrides.runtime_image or kit.PYTHON_RUNTIME, pip_index_url=overrides.pip_index_url
+        )
+        verdict = pipeline.validate(client, bundle, overrides, on_cluster=False, report=progress)
+    else:
+        with cluster.manager(_inventory(args)) as client:
+            verdict = pipeline.validate(client, bundle, overrides, report=progress)
+    payload = {"model": bundle.name, "version": bundle.version, **verdict.__dict__}
+    if verdict.passed:
+        _emit(args, payload, f"[green]valid[/green]: {bundle.name} {bundle.version} answered {verdict.examples} "
+                             f"example input(s) in its image")  # fmt: skip
+        return Exit.OK
+    _emit(args, payload, f"[red]invalid[/red]: {bundle.name} {bundle.version}: {verdict.failure}")
+    return Exit.USAGE
+
+
 def _show(args: argparse.Namespace, recorded) -> int:
     outcome = recorded.outcome
     if recorded.ledger_warning:
@@ -548,6 +574,22 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["dnsrr", "vip"],
             help="service endpoints: DNS round-robin (no IPVS needed) or VIP (default: what the cluster publishes)",
         )
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a bundle, build its image and have it answer its example inputs (nothing reaches the cluster)",
+        description="Exit codes: 0 every example answered with JSON, 2 the bundle is invalid or its image failed "
+        "an example (the message names it). The image is built on a manager (default) or, with --local, on this "
+        "machine's Docker daemon; it is not pushed.",
+    )
+    build_options(validate)
+    validate.add_argument(
+        "--local",
+        action="store_true",
+        help="build and run on this machine's Docker daemon (base: --runtime-image, default the lab kit's runtime)",
+    )
+    cluster_options(validate)
+    validate.set_defaults(func=cmd_validate)
 
     build = sub.add_parser("build", help="validate a model bundle, build its image on the cluster and push it")
     build_options(build)

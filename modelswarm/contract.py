@@ -39,6 +39,9 @@ LABEL_SOURCE_HASH = "io.modelswarm.source-hash"
 LABEL_SPEC_HASH = "io.modelswarm.spec-hash"  # of a model service's whole spec: a redeploy that changes it is no no-op
 LABEL_PLATFORM = "io.modelswarm.platform"
 LABEL_SECRETS = "io.modelswarm.secrets"  # on a model image: the secret names its manifest declares, comma-separated
+# On a model image: how its manifest asks it to be served (replicas, resources, environment, secrets), as JSON;
+# a rollback to the image restores exactly that.
+LABEL_SERVING = "io.modelswarm.serving"
 # On a model secret (a swarm secret; LABEL_MODEL names its model): its name, version, creation time and a salted
 # digest of its value (so that setting the same value again creates nothing).
 LABEL_SECRET = "io.modelswarm.secret"

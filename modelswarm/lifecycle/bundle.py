@@ -4,17 +4,19 @@
       modelswarm.yml        the manifest (below)
       model.py              the entry point: def predict(data) -> JSON-able; optional def load() -> None
       requirements.txt      pip requirements (may be empty)
+      examples.json         example inputs (required): every new replica must answer each one before it serves
       artifacts/...         files the model reads (listed in the manifest)
 
     # modelswarm.yml
     name: iris                  # 2-40 chars: lowercase letters, digits, dashes; service model-<name>
     version: 1.0.0              # image tag: letters, digits, '.', '_', '-' (128 at most)
     entrypoint: model.py        # default model.py
-    replicas: 2                 # default 2, at most one per node
+    replicas: 2                 # default 2; one per node first, more on the nodes with the fewest (docs/models.md)
     resources: {cpus: "0.5", memory: 256M}
     environment: {LOG_LEVEL: info}   # not secrets: baked into the image (keys that look like secrets are refused)
     secrets: [db_password]      # swarm secrets, mounted at /run/secrets/<name> (`modelswarm secrets set`)
     artifacts: [artifacts/weights.npz]
+    examples: examples.json     # default examples.json: a JSON list of inputs, each one a valid request body
 
 `load_bundle` checks everything before any build and raises BundleError with one message per problem.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,12 @@ MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KNOWN_KEYS = {
     "name", "version", "entrypoint", "replicas", "resources", "environment", "secrets", "artifacts", "description",
+    "examples",
 }  # fmt: skip
+DEFAULT_EXAMPLES = "examples.json"
+MAX_EXAMPLES = 20  # every replica answers each one before it serves: a few cover the model, many slow the start
+MAX_EXAMPLES_BYTES = 1024 * 1024
+EXAMPLES_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*\.json")  # also an image ENV value: no spaces, no quotes
 # Segments (between underscores) of an environment key that mark it as holding a secret: DB_PASSWORD and API_KEY are
 # refused, KEYBOARD_LAYOUT and PASSTHROUGH are not.
 SECRET_WORDS = frozenset(
@@ -70,6 +78,8 @@ class Bundle:
     artifacts: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
     has_load: bool = False
+    examples: str = DEFAULT_EXAMPLES  # the file of example inputs, relative to the bundle
+    example_count: int = 0
 
     @property
     def service(self) -> str:
@@ -77,10 +87,21 @@ class Bundle:
 
     def files(self) -> list[Path]:
         """Every file that goes into the image, relative to the bundle (sorted, stable)."""
-        wanted = {MANIFEST, self.entrypoint, "requirements.txt", *self.artifacts}
+        wanted = {MANIFEST, self.entrypoint, "requirements.txt", self.examples, *self.artifacts}
         helpers = [p for p in self.path.rglob("*.py") if "__pycache__" not in p.parts]
         wanted.update(str(p.relative_to(self.path)) for p in helpers)
         return sorted(Path(p) for p in wanted if (self.path / p).is_file())
+
+    def serving(self) -> dict:
+        """How the version is served, as the manifest asks: what a rollout of this version sets on the service and
+        what a rollback to it restores (the image carries it as a label)."""
+        return {
+            "replicas": self.replicas,
+            "cpus": self.cpus,
+            "memory": self.memory,
+            "environment": dict(sorted(self.environment.items())),
+            "secrets": list(self.secrets),
+        }
 
     def source_hash(self) -> str:
         """sha256 over the names and contents of the files that go into the image."""
@@ -152,6 +173,40 @@ def _check_secrets(declared: object, problems: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _check_examples(root: Path, declared: object, problems: list[str]) -> tuple[str, int]:
+    """The examples file: inside the bundle, a JSON list of 1 to MAX_EXAMPLES inputs. Returns (path, count)."""
+    if not isinstance(declared, str) or not EXAMPLES_PATH.fullmatch(declared):
+        problems.append(f"examples {declared!r}: a .json file inside the bundle, e.g. {DEFAULT_EXAMPLES}")
+        return DEFAULT_EXAMPLES, 0
+    path = (root / declared).resolve()
+    if root.resolve() not in path.parents:
+        problems.append(f"examples {declared}: must be inside the bundle")
+        return declared, 0
+    wanted = (
+        f"a JSON list of 1 to {MAX_EXAMPLES} example inputs, each one a request body that predict must answer; "
+        "every new replica answers them before it serves, and a rollout whose replicas fail one is rolled back"
+    )
+    if not path.is_file():
+        problems.append(f"{declared} is missing: {wanted}")
+        return declared, 0
+    if path.stat().st_size > MAX_EXAMPLES_BYTES:
+        problems.append(f"{declared} is larger than {MAX_EXAMPLES_BYTES // 1024} KiB: {wanted}")
+        return declared, 0
+    try:
+        examples = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        problems.append(f"{declared} is not valid JSON ({exc}): {wanted}")
+        return declared, 0
+    if not isinstance(examples, list) or not 1 <= len(examples) <= MAX_EXAMPLES:
+        problems.append(f"{declared}: {wanted}")
+        return declared, 0
+    return declared, len(examples)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate a bundle directory; raise BundleError listing every problem found."""
     root = Path(path)
@@ -180,9 +235,7 @@ def load_bundle(path: str | Path) -> Bundle:
         problems.append(f"version {version!r}: use {contract.VERSION_RULE}")
     replicas = manifest.get("replicas", contract.DEFAULT_REPLICAS)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= contract.MAX_REPLICAS:
-        problems.append(
-            f"replicas {replicas!r}: a whole number from 1 to {contract.MAX_REPLICAS} (at most one per node)"
-        )
+        problems.append(f"replicas {replicas!r}: a whole number from 1 to {contract.MAX_REPLICAS}")
 
     entrypoint = manifest.get("entrypoint", "model.py")
     has_load = False
@@ -242,6 +295,7 @@ def load_bundle(path: str | Path) -> Bundle:
             )
 
     secrets = _check_secrets(manifest.get("secrets", []) or [], problems)
+    examples, example_count = _check_examples(root, manifest.get("examples", DEFAULT_EXAMPLES), problems)
 
     if problems:
         raise BundleError(root, problems)
@@ -258,4 +312,6 @@ def load_bundle(path: str | Path) -> Bundle:
         artifacts=tuple(artifacts),
         requirements=requirements,
         has_load=has_load,
+        examples=examples,
+        example_count=example_count,
     )

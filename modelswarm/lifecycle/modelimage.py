@@ -6,6 +6,7 @@ Tags are immutable: <registry>/models/<name>:<version>. Pushing a version whose 
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,7 +117,11 @@ def build_and_push(
         client,
         f"{repo}:{bundle.version}",
         context_files(bundle, runtime_image, pip_index_url),
-        labels={contract.LABEL_MODEL: bundle.name, contract.LABEL_VERSION: bundle.version},
+        labels={
+            contract.LABEL_MODEL: bundle.name,
+            contract.LABEL_VERSION: bundle.version,
+            contract.LABEL_SERVING: json.dumps(bundle.serving(), sort_keys=True),
+        },
     )
     progress(f"pushing {repo}:{bundle.version}")
     digest = None
@@ -159,14 +164,21 @@ def ensure_in_registry(client: docker.DockerClient, reference: str) -> None:
         raise ImageError(f"cannot ask the registry about {wanted}: {exc}") from exc
 
 
-def declared_secrets(client: docker.DockerClient, reference: str) -> tuple[str, ...]:
-    """The secret names that image `reference` was built to read (its io.modelswarm.secrets label; none for images
-    built before model secrets existed). Pulls the image onto `client`'s node if it is not there."""
+def serving_spec(client: docker.DockerClient, reference: str) -> tuple[dict, bool]:
+    """How image `reference` was built to be served (`Bundle.serving()`, its io.modelswarm.serving label), and
+    whether the image says so in full. Images built before the label existed give only the secret names they read
+    (io.modelswarm.secrets; none before model secrets existed) and False. Pulls the image onto `client`'s node if
+    it is not there."""
     try:
         labels = client.images.pull(_by_digest(reference)).labels or {}
     except docker.errors.APIError as exc:
         raise ImageError(f"cannot read the labels of {reference}: {exc}") from exc
-    return tuple(name for name in labels.get(contract.LABEL_SECRETS, "").split(",") if name)
+    if contract.LABEL_SERVING in labels:
+        try:
+            return json.loads(labels[contract.LABEL_SERVING]), True
+        except ValueError as exc:
+            raise ImageError(f"{reference}: its {contract.LABEL_SERVING} label is not JSON") from exc
+    return {"secrets": [name for name in labels.get(contract.LABEL_SECRETS, "").split(",") if name]}, False
 
 
 def stage(inventory: cluster.Inventory, reference: str) -> dict[str, str]:
@@ -196,3 +208,66 @@ def stage(inventory: cluster.Inventory, reference: str) -> dict[str, str]:
     staged = sum(1 for o in outcomes.values() if o == "present")
     progress(f"image staged on {staged}/{len(outcomes)} nodes in {time.monotonic() - started:.1f}s")
     return outcomes
+
+
+VALIDATE_REPOSITORY = "modelswarm-validate"  # local tags of images built only to run their examples
+VALIDATE_SECONDS = 300  # loading the model and answering its examples must take less than this
+
+
+@dataclass(frozen=True)
+class ExamplesVerdict:
+    """What a model image did with its bundle's example inputs, run as a replica would run (before serving)."""
+
+    image: str
+    passed: bool
+    examples: int  # how many were answered (all of them when passed)
+    failure: str | None  # which example failed and how (never the exception's text); or why nothing ran
+
+
+def answer_examples(client: docker.DockerClient, bundle: Bundle, runtime_image: str, pip_index_url: str = "",
+                    report=progress) -> ExamplesVerdict:  # fmt: skip
+    """Build the bundle's image on `client`'s daemon under a local tag (nothing is pushed) and run it once as a
+    replica starts - the model user, a read-only root, no network, no capabilities - with `python server.py`, which
+    loads the model and answers each example. The container is removed afterwards; the image stays (cache)."""
+    from modelswarm.lifecycle import rollout
+
+    tag = f"{VALIDATE_REPOSITORY}/{bundle.name}:{bundle.version}"
+    report(f"building {tag} to answer {bundle.example_count} example input(s) from {bundle.examples}")
+    build_image(client, tag, context_files(bundle, runtime_image, pip_index_url))
+    container = client.containers.run(
+        tag,
+        command=["/opt/model/venv/bin/python", "/opt/model/server.py"],
+        detach=True,
+        network_mode="none",
+        read_only=True,
+        tmpfs={rollout.MODEL_TMP: f"size={contract.MODEL_TMPFS_BYTES}"},  # as a replica has it
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=contract.MODEL_PIDS_LIMIT,
+        mem_limit=bundle.memory or contract.MODEL_DEFAULT_MEMORY,
+        labels={contract.LABEL_MODEL: bundle.name, contract.LABEL_VERSION: bundle.version},
+    )
+    try:
+        try:
+            code = container.wait(timeout=VALIDATE_SECONDS)["StatusCode"]
+        except Exception:  # the docker SDK raises the transport's own timeout error
+            return ExamplesVerdict(tag, False, 0, f"no answer within {VALIDATE_SECONDS}s (load or an example hangs)")
+        stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        stderr = container.logs(stdout=False, stderr=True)
+    finally:
+        container.remove(force=True)
+    for line in stdout.splitlines():
+        marker, _, payload = line.partition(" ")
+        if marker == "modelswarm-examples-passed" and code == 0:
+            return ExamplesVerdict(tag, True, int(json.loads(payload)["examples"]), None)
+    failure = rollout.example_failure([stderr])
+    if failure:
+        return ExamplesVerdict(tag, False, 0, failure.replace(" on the new replicas", ""))
+    # The last line of a traceback is "Class: text"; the text may hold a secret, so only the class is shown.
+    last = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()][-1:]
+    raised = last[0].split(":", 1)[0].split()[-1] if last else "no output"
+    return ExamplesVerdict(
+        tag, False, 0,
+        f"the model did not load (exit {code}, {raised}); to read the traceback: "
+        f"docker run --rm {tag} /opt/model/venv/bin/python /opt/model/server.py",
+    )  # fmt: skip

@@ -141,19 +141,47 @@ def rollback(
         modelimage.ensure_in_registry(client, image)
         repo, tag = chosen["image"].rsplit(":", 1)
         found = modelimage.existing(client, repo, tag)  # the chosen version's own source hash, from its image
-        target = rollout.Target(
-            name=name,
-            version=chosen["to_version"],
-            image=image,
-            source_hash=found[1] if found else "",
-            replicas=spec["Mode"]["Replicated"]["Replicas"],
-            secrets=modelimage.declared_secrets(client, image),
+        # The whole serving spec the chosen version was built with (replicas, resources, environment, secrets),
+        # from its image; an image older than that label keeps the running replica count.
+        serving, complete = modelimage.serving_spec(client, image)
+        if not complete:
+            serving["replicas"] = spec["Mode"]["Replicated"]["Replicas"]
+            report(
+                f"{image.split('@')[0]} was built before images carried their serving spec: its replica count is "
+                "kept from the running service, and no resource limits but the defaults apply"
+            )
+        target = rollout.Target.for_serving(
+            name,
+            chosen["to_version"],
+            image,
+            found[1] if found else "",
+            serving,
             network=cluster.deploy_facts(client).models_network,
             endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
         )
         modelimage.stage(inventory, target.image)
         outcome = rollout.rollout(client, target, timeout=timeout, report=report, note=note)
     return record(api, outcome)
+
+
+def validate(
+    client: docker.DockerClient,
+    bundle: Bundle,
+    overrides: Overrides = Overrides(),
+    on_cluster: bool = True,
+    report: Report = lambda line: None,
+) -> modelimage.ExamplesVerdict:
+    """Build the bundle's image and have it answer its example inputs, before anything reaches the cluster's
+    registry or services. `on_cluster`: `client` is a manager (runtime image and registry login from the published
+    facts); else it is any Docker daemon and `overrides.runtime_image` names the base image it holds."""
+    runtime_image = overrides.runtime_image
+    if on_cluster:
+        found = facts(client, overrides)
+        registryauth.login(client, found.registry, "pull")
+        runtime_image = found.runtime_image
+    if not runtime_image:
+        raise PipelineError("name the runtime image the local Docker daemon holds: --runtime-image IMAGE")
+    return modelimage.answer_examples(client, bundle, runtime_image, overrides.pip_index_url, report)
 
 
 def good_rollouts(entries: list[dict]) -> list[dict]:

@@ -3,15 +3,20 @@
 The outcome is read from the service itself - its UpdateStatus and its up-to-date running tasks - never from an
 exit code (`docker service update` exits 0 even after an automatic rollback). The CLI and the tests share it.
 
-Service model-<name>: on the models network, DNS round-robin endpoints (or VIP), N replicas (2 by default), at most
-one per node, updates one task at a time, start-first, rolled back automatically when a new task fails its health
-check within the monitor window. The newest version of each secret the model declares is mounted at
+Service model-<name>: on the models network, DNS round-robin endpoints (or VIP), N replicas (2 by default) spread by
+swarm's scheduler - one per node first, then more on the nodes that run the fewest of them, so any count works on any
+number of nodes - updated one task at a time, start-first, rolled back automatically when a new task fails its
+health check within the monitor window. A new task is healthy only once it has answered the bundle's example inputs;
+when a rollout is rolled back because of one, the outcome names it (read from the service's log).
+The newest version of each secret the model declares is mounted at
 /run/secrets/<name>; a new version of a secret alone is a change to roll out, and a secret that was never set stops
 the rollout before the service is touched.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +31,7 @@ from modelswarm.contract import LABEL_MODEL, LABEL_SOURCE_HASH, LABEL_SPEC_HASH,
 from modelswarm.lifecycle import modelimage, modelsecrets
 
 SECOND = 1_000_000_000
+EXAMPLE_FAILED = "modelswarm-example-failed"  # the line server.py logs when a new replica fails an example input
 MODEL_TMP = "/tmp"  # noqa: S108 - a tmpfs of the replica's own, the only place it can write
 
 
@@ -55,16 +61,33 @@ class Target:
     def for_bundle(cls, bundle, image, network: str = contract.MODELS_NETWORK, endpoint_mode: str = "dnsrr") -> Target:
         """What a bundle's manifest asks for, running `image` (a modelimage.ModelImage), on the cluster's models
         network with its endpoint mode (both published by the platform)."""
+        return cls.for_serving(
+            bundle.name, bundle.version, image.reference, image.source_hash, bundle.serving(), network, endpoint_mode
+        )
+
+    @classmethod
+    def for_serving(
+        cls,
+        name: str,
+        version: str,
+        image: str,
+        source_hash: str,
+        serving: dict,
+        network: str = contract.MODELS_NETWORK,
+        endpoint_mode: str = "dnsrr",
+    ) -> Target:
+        """A version served as its serving spec says (`Bundle.serving()`, which its image also carries as a label):
+        the same for a deploy from the bundle and for a rollback to the image."""
         return cls(
-            name=bundle.name,
-            version=bundle.version,
-            image=image.reference,
-            source_hash=image.source_hash,
-            replicas=bundle.replicas,
-            cpus=bundle.cpus,
-            memory=bundle.memory,
-            environment=bundle.environment,
-            secrets=bundle.secrets,
+            name=name,
+            version=version,
+            image=image,
+            source_hash=source_hash,
+            replicas=serving.get("replicas", contract.DEFAULT_REPLICAS),
+            cpus=serving.get("cpus"),
+            memory=serving.get("memory"),
+            environment=dict(serving.get("environment") or {}),
+            secrets=tuple(serving.get("secrets") or ()),
             network=network,
             endpoint_mode=endpoint_mode,
         )
@@ -149,7 +172,9 @@ def _service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersio
         "networks": [target.network],
         "endpoint_spec": EndpointSpec(mode=target.endpoint_mode),
         "mode": ServiceMode("replicated", replicas=target.replicas),
-        "maxreplicas": 1,
+        # No per-node maximum: swarm puts a new task on the node with the fewest of the service's tasks, so
+        # replicas <= nodes run one per node, more share the nodes evenly, and a start-first update always has
+        # room for its extra task (replicas = nodes included).
         "update_config": UpdateConfig(
             parallelism=1,
             delay=0,
@@ -241,6 +266,43 @@ def wait(
     return "failed", f"timed out after {timeout:.0f}s waiting for the rollout ({last})"
 
 
+def example_failure(chunks) -> str | None:
+    """The first `modelswarm-example-failed` report in a replica log (bytes chunks), in words; None if there is
+    none. The report names the example and the exception's class, never its text (server.py writes it)."""
+    text = b"".join(chunks).decode("utf-8", "replace")
+    for line in text.splitlines():
+        marker, _, payload = line.partition(" ")
+        if marker != EXAMPLE_FAILED:
+            continue
+        try:
+            report = json.loads(payload)
+            return (
+                f"example {int(report['example'])} of {int(report['of'])} in {report['file']} failed on the new "
+                f"replicas: {int(report['status'])}, {report['what']} ({report['exception']})"
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def failed_example(client: docker.DockerClient, service_id: str, since: float, timeout: float = 15) -> str | None:
+    """Why the new replicas failed, if it was an example input: read from the service's log since `since` (epoch
+    seconds), through the manager, at most `timeout` seconds (a node that does not answer must not hold the CLI)."""
+    found: list[str | None] = [None]
+
+    def read() -> None:
+        try:
+            logs = client.api.service_logs(service_id, stdout=False, stderr=True, since=int(since), follow=False)
+            found[0] = example_failure(logs)
+        except (docker.errors.DockerException, OSError):
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return found[0]
+
+
 def rollout(
     client: docker.DockerClient,
     target: Target,
@@ -249,7 +311,7 @@ def rollout(
     note: str = "",
 ) -> Outcome:
     """Create or update the model's service to `target` and wait for the outcome."""
-    started = _now()
+    started, started_epoch = _now(), time.time()
     digest = target.image.split("@", 1)[1] if "@" in target.image else None
     service = find(client, target.service)
     before = describe(service) if service else None
@@ -282,6 +344,11 @@ def rollout(
             f"the swarm refused the service spec: {exc.explanation or exc}", started, _now(), note,
         )  # fmt: skip
     result, message = wait(client, service.id, target.replicas, timeout, target.monitor_seconds, report)
+    if result in ("rolled_back", "failed"):
+        why = failed_example(client, service.id, started_epoch - 1)
+        if why:
+            report(why)
+            message += f"; {why}"
     if mounted and result == "succeeded":
         message += f" ({mounted[2:]})"  # names and versions of the secrets, never a value
     return Outcome(

@@ -124,17 +124,27 @@ def call(node: str, method: str, path: str, key: str | None = "", scheme: str = 
 IRIS = REPO / "examples" / "models" / "iris"
 
 
-def iris_variant(root: Path, version: str, broken: bool = False) -> Path:
-    """A copy of the iris bundle at `version`; broken: its load() raises, so it never becomes healthy."""
+# The text a version whose predict raises puts in its exception: it must never reach a caller, the CLI or the ledger.
+RAISED_TEXT = "password=hunter2 deliberately broken"
+
+
+def iris_variant(
+    root: Path, version: str, broken: bool = False, predict_raises: bool = False, replicas: int | None = None
+) -> Path:
+    """A copy of the iris bundle at `version`. broken: its load() raises, so it never becomes healthy;
+    predict_raises: it loads, but predict raises on every input (its examples included); replicas: another count."""
     path = root / f"iris-{version}"
     shutil.copytree(IRIS, path)
     manifest = (path / "modelswarm.yml").read_text().replace("version: 1.0.0", f"version: {version}")
+    if replicas is not None:
+        manifest = manifest.replace("replicas: 2", f"replicas: {replicas}")
     (path / "modelswarm.yml").write_text(manifest)
+    code = (path / "model.py").read_text()
     if broken:
-        code = (path / "model.py").read_text()
-        (path / "model.py").write_text(
-            code.replace("def load():\n", 'def load():\n    raise RuntimeError("deliberately broken")\n', 1)
-        )
+        code = code.replace("def load():\n", 'def load():\n    raise RuntimeError("deliberately broken")\n', 1)
+    if predict_raises:
+        code = code.replace("def predict(data):\n", f"def predict(data):\n    raise RuntimeError({RAISED_TEXT!r})\n", 1)
+    (path / "model.py").write_text(code)
     return path
 
 

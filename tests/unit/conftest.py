@@ -272,4 +272,29 @@ def probe_bundle(tmp_path_factory) -> Path:
     (root / "modelswarm.yml").write_text("---\nname: probe\nversion: 1.0.0\n")
     (root / "model.py").write_text(PROBE_MODEL)
     (root / "requirements.txt").write_text("")
+    (root / "examples.json").write_text('[{"x": 1}, [1, 2]]\n')
     return root
+
+
+def image_layout(bundle_path: Path, opt: Path) -> tuple[list[str], dict[str, str]]:
+    """The model image's /opt/model written under `opt` (server files, bundle/): returns the image's CMD, run with
+    this interpreter's gunicorn and `opt` for /opt/model, and the environment the image sets for the server."""
+    import json as json_module
+    import re
+    import sys
+
+    from modelswarm.lifecycle import bundle, modelimage
+
+    loaded = bundle.load_bundle(bundle_path)
+    files = modelimage.context_files(loaded, "runtime:1")
+    for name, content in files.items():
+        if name in modelimage.SERVER_FILES or name.startswith("bundle/"):
+            (opt / name).parent.mkdir(parents=True, exist_ok=True)
+            (opt / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    joined = files["Dockerfile"].replace("\\\n", " ")
+    cmd = json_module.loads(re.search(r"^CMD (\[.*\])\s*$", joined, re.MULTILINE).group(1))
+    argv = [a.replace("/opt/model/", f"{opt}/") for a in cmd]
+    assert argv[0].endswith("/venv/bin/gunicorn") and "--config" in argv
+    env = {"MODELSWARM_BUNDLE_DIR": str(opt / "bundle"), "MODELSWARM_EXAMPLES": loaded.examples,
+           "MODELSWARM_MODEL": loaded.name, "MODELSWARM_VERSION": loaded.version, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    return [sys.executable, "-m", "gunicorn", *argv[1:]], env

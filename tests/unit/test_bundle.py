@@ -135,3 +135,61 @@ def test_cli_refuses_a_bad_bundle_before_it_reads_the_inventory(iris, tmp_path, 
     assert code == 2
     assert message in output.err
     assert "inventory" not in output.err and output.out == ""
+
+
+# ---------------------------------------------------------------------------------------------- example inputs
+
+
+def test_the_example_bundles_carry_their_examples_into_the_image():
+    iris = bundle.load_bundle(EXAMPLES / "iris")
+    assert (iris.examples, iris.example_count) == ("examples.json", 3)
+    assert Path("examples.json") in iris.files()
+    assert "MODELSWARM_EXAMPLES=examples.json" in modelimage.context_files(iris, "runtime:1")["Dockerfile"]
+    assert bundle.load_bundle(EXAMPLES / "sentiment").example_count == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "examples.json is missing: a JSON list of 1 to 20 example inputs"),
+        ("[]", "examples.json: a JSON list of 1 to 20 example inputs"),
+        ('{"sepal_length": 1}', "examples.json: a JSON list of 1 to 20 example inputs"),
+        ("[1, 2", "examples.json is not valid JSON"),
+        ("[NaN]", "examples.json is not valid JSON (NaN is not JSON)"),
+        ("[" + ",".join(["1"] * 21) + "]", "examples.json: a JSON list of 1 to 20 example inputs"),
+    ],
+)
+def test_a_bundle_without_usable_examples_is_refused(iris, content, expected):
+    (iris / "examples.json").unlink()
+    if content is not None:
+        (iris / "examples.json").write_text(content)
+    found = problems_of(iris)
+    assert len(found) == 1 and found[0].startswith(expected), found
+    assert "a rollout whose replicas fail one is rolled back" in found[0]
+
+
+@pytest.mark.parametrize("declared", ["../outside.json", "inputs.txt", "my examples.json", 3])
+def test_the_examples_file_is_a_json_file_inside_the_bundle(iris, declared):
+    (iris.parent / "outside.json").write_text("[1]")
+    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"examples: {declared!r}\n")
+    found = problems_of(iris)
+    assert (len(found) == 1 and found[0].startswith(f"examples {declared!r}")) or "must be inside" in found[0], found
+
+
+def test_another_examples_file_can_be_named(iris):
+    (iris / "examples.json").rename(iris / "data" / "inputs.json")
+    edit(iris / "modelswarm.yml", "examples: examples.json", "examples: data/inputs.json")
+    loaded = bundle.load_bundle(iris)
+    assert loaded.examples == "data/inputs.json" and Path("data/inputs.json") in loaded.files()
+
+
+def test_the_serving_spec_is_what_the_manifest_asks():
+    assert bundle.load_bundle(EXAMPLES / "iris").serving() == {
+        "replicas": 2, "cpus": "0.5", "memory": "256M", "environment": {}, "secrets": [],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 4, 9])
+def test_any_replica_count_up_to_the_limit_is_accepted(iris, replicas):
+    edit(iris / "modelswarm.yml", "replicas: 2", f"replicas: {replicas}")
+    assert bundle.load_bundle(iris).replicas == replicas

@@ -2,6 +2,7 @@
 reads them with, what goes into the image, and `modelswarm secrets` against a fake swarm (values never printed)."""
 
 import io
+import json
 import re
 import shutil
 import sys
@@ -237,15 +238,21 @@ def test_the_image_ships_the_helper_and_only_the_names_of_the_secrets(iris):
     )
 
 
-def test_the_declared_secrets_of_an_image_come_from_its_label():
-    labels = {contract.LABEL_SECRETS: "db_password,token"}
+def test_the_serving_spec_of_an_image_comes_from_its_labels():
+    serving = {"replicas": 3, "cpus": "0.5", "memory": "256M", "environment": {"A": "1"}, "secrets": ["token"]}
+    labels = {contract.LABEL_SERVING: json.dumps(serving), contract.LABEL_SECRETS: "token"}
     pulled = []
     images = SimpleNamespace(pull=lambda ref: pulled.append(ref) or SimpleNamespace(labels=labels))
     client = SimpleNamespace(images=images)
-    assert modelimage.declared_secrets(client, "r/models/iris:1.0.0@sha256:" + "a" * 64) == ("db_password", "token")
+    assert modelimage.serving_spec(client, "r/models/iris:1.2.0@sha256:" + "a" * 64) == (serving, True)
     assert pulled == ["r/models/iris@sha256:" + "a" * 64]
+    del labels[contract.LABEL_SERVING]  # built before images carried their serving spec
+    labels[contract.LABEL_SECRETS] = "db_password,token"
+    assert modelimage.serving_spec(client, "r/models/iris:1.0.0@sha256:" + "a" * 64) == (
+        {"secrets": ["db_password", "token"]}, False
+    )  # fmt: skip
     labels.clear()  # built before model secrets existed
-    assert modelimage.declared_secrets(client, "r/models/iris:0.9@sha256:" + "a" * 64) == ()
+    assert modelimage.serving_spec(client, "r/models/iris:0.9@sha256:" + "a" * 64) == ({"secrets": []}, False)
 
 
 # ------------------------------------------------------------------------------------------------------ the CLI

@@ -8,41 +8,27 @@ import random
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
+from conftest import image_layout
 
-from modelswarm.lifecycle import bundle, modelimage
+from modelswarm.lifecycle import modelimage
 
 MAX_BODY = 256 * 1024
-
-
-def dockerfile_cmd(dockerfile: str) -> list[str]:
-    """The image's CMD (exec form) as an argument list."""
-    joined = dockerfile.replace("\\\n", " ")
-    return json.loads(re.search(r"^CMD (\[.*\])\s*$", joined, re.MULTILINE).group(1))
 
 
 @pytest.fixture(scope="module")
 def served(probe_bundle, tmp_path_factory):
     """(port, log path) of the probe model served as its image would serve it, from /opt/model's layout."""
     opt = tmp_path_factory.mktemp("opt-model")
-    files = modelimage.context_files(bundle.load_bundle(probe_bundle), "runtime:1")
-    for name, content in files.items():
-        if name in modelimage.SERVER_FILES or name.startswith("bundle/"):
-            (opt / name).parent.mkdir(parents=True, exist_ok=True)
-            (opt / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    argv, image_env = image_layout(probe_bundle, opt)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    argv = [a.replace("/opt/model/", f"{opt}/") for a in dockerfile_cmd(files["Dockerfile"])]
-    assert argv[0].endswith("/venv/bin/gunicorn") and "--config" in argv
-    argv = [sys.executable, "-m", "gunicorn", *argv[1:]]
     argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    env = {**os.environ, "MODELSWARM_BUNDLE_DIR": str(opt / "bundle"), "MODELSWARM_MAX_BODY": str(MAX_BODY),
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env = {**os.environ, **image_env, "MODELSWARM_MAX_BODY": str(MAX_BODY)}
     log = opt / "gunicorn.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, cwd=opt, env=env, stdout=sink, stderr=subprocess.STDOUT)

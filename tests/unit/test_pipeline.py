@@ -128,6 +128,16 @@ class FakeService:
         }
 
 
+# How iris 1.0.0's image says it is served (its manifest at build time); the running service has 3 replicas.
+SERVING_1_0_0 = {
+    "replicas": 2,
+    "cpus": "0.5",
+    "memory": "256M",
+    "environment": {"LOG_LEVEL": "info"},
+    "secrets": ["token"],
+}
+
+
 @pytest.fixture
 def fake_cluster(monkeypatch):
     """Everything `modelswarm rollback` touches, recorded: the ledger, the manager, the registry and the rollout."""
@@ -150,7 +160,11 @@ def fake_cluster(monkeypatch):
     monkeypatch.setattr(modelimage, "ensure_in_registry", lambda client, ref: None)
     monkeypatch.setattr(modelimage, "stage", lambda inventory, ref: seen["staged"].append(ref))
     monkeypatch.setattr(registryauth, "login", lambda client, registry, kind: seen["logins"].append((registry, kind)))
-    monkeypatch.setattr(modelimage, "declared_secrets", lambda client, ref: ("token",) if "1.0.0" in ref else ())
+    monkeypatch.setattr(
+        modelimage,
+        "serving_spec",
+        lambda client, ref: (SERVING_1_0_0, True) if "1.0.0" in ref else ({"secrets": []}, False),
+    )
 
     def fake_rollout(client, target, timeout, report, note):
         seen["rolled"].append(target)
@@ -171,7 +185,10 @@ def test_cli_rollback_restores_the_chosen_version_and_records_it(fake_cluster, r
     assert fake_cluster["logins"] == [(FACTS["registry"], "pull")]
     target = fake_cluster["rolled"][0]
     assert (target.version, target.image) == ("1.0.0", f"r/models/iris:1.0.0@{DIGEST}")
-    assert (target.replicas, target.source_hash, target.network) == (3, "hash-of-1.0.0", contract.MODELS_NETWORK)
+    assert (target.source_hash, target.network) == ("hash-of-1.0.0", contract.MODELS_NETWORK)
+    # The whole spec that version was built to be served with, not the running one's (3 replicas, no limits).
+    assert (target.replicas, target.cpus, target.memory) == (2, "0.5", "256M")
+    assert target.environment == {"LOG_LEVEL": "info"}
     assert target.secrets == ("token",)  # what that version's image declares, mounted again
     assert fake_cluster["staged"] == [target.image]
     assert fake_cluster["recorded"][0]["to_version"] == "1.0.0"
@@ -370,8 +387,16 @@ def test_cli_rollback_to_an_image_gone_from_the_registry_is_refused_before_its_l
         raise modelimage.ImageMissing(f"{ref} does not exist in the registry: nothing was changed")
 
     monkeypatch.setattr(modelimage, "ensure_in_registry", gone)
-    monkeypatch.setattr(modelimage, "declared_secrets", lambda client, ref: asked.append(ref) or ())
+    monkeypatch.setattr(modelimage, "serving_spec", lambda client, ref: asked.append(ref) or ({}, False))
     code = cli.main(["rollback", "iris", "--to", "1.0.0", "-i", str(repo / "tests/unit/inventories/good.yml")])
     assert code == contract.Exit.USAGE
     assert "does not exist in the registry: nothing was changed" in capsys.readouterr().err
     assert asked == [] and fake_cluster["rolled"] == [] and fake_cluster["recorded"] == []
+
+
+def test_cli_rollback_to_an_image_without_its_serving_spec_keeps_the_running_replica_count(fake_cluster, repo, capsys):
+    code = cli.main(["rollback", "iris", "--to", "1.1.0", "-i", str(repo / "tests/unit/inventories/good.yml")])
+    assert code == contract.Exit.OK
+    target = fake_cluster["rolled"][0]
+    assert (target.version, target.replicas, target.cpus, target.memory, target.secrets) == ("1.1.0", 3, None, None, ())
+    assert "was built before images carried their serving spec" in capsys.readouterr().err

@@ -169,7 +169,7 @@ def test_first_deploy_creates_the_full_spec():
     outcome, _ = run(swarm)
     assert outcome.result == "succeeded" and outcome.from_version is None
     created = swarm.created
-    assert created["name"] == "model-iris" and created["maxreplicas"] == 1
+    assert created["name"] == "model-iris" and "maxreplicas" not in created  # no per-node maximum
     assert created["endpoint_spec"]["Mode"] == "dnsrr"
     assert created["networks"] == ["modelswarm-models"]
     assert f"MODELSWARM_IMAGE={TARGET.image}" in created["env"]

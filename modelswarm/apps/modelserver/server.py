@@ -14,8 +14,13 @@ tagged with the request id (X-Request-Id from NGINX if sane, else a new one; ech
 The refusal the caller may read is modelswarm_model.RefusedInput (its text is the answer's message). ValueError,
 TypeError, KeyError and IndexError still give 422, as before, but with a generic message: their text is logged only.
 
-Each worker imports the bundle's entry point and runs its optional load() before it accepts requests, so a model
-that cannot load never reports healthy. gunicorn finishes in-flight requests on SIGTERM (graceful timeout).
+Each worker imports the bundle's entry point, runs its optional load() and then answers each of the bundle's example
+inputs (MODELSWARM_EXAMPLES) before it accepts requests: a model that cannot load, or that answers an example with
+anything but JSON (an exception, a refusal, NaN), stops the worker's boot, so gunicorn exits and swarm rolls the
+rollout back. The log then holds one line `modelswarm-example-failed {json}` (which example, the status a caller
+would have got, the exception's class, never its text) and the traceback. `python server.py` does the same checks
+and prints `modelswarm-examples-passed {json}` (`modelswarm validate` runs it in the built image).
+gunicorn finishes in-flight requests on SIGTERM (graceful timeout).
 Standard library only: the image's Python runs it next to the model's own requirements; httpguard.py and
 modelswarm_model.py sit next to it (the model imports the latter), gunicorn_conf.py makes gunicorn's own refusals JSON.
 """
@@ -60,7 +65,57 @@ def _load_model():
     return module
 
 
+class ExampleFailed(RuntimeError):
+    """An example input got an answer other than 200 with JSON: this version must not serve."""
+
+
+EXAMPLES = os.environ.get("MODELSWARM_EXAMPLES", "")  # the bundle's examples file ("" in images built before)
+EXAMPLE_FAILED = "modelswarm-example-failed"
+EXAMPLES_PASSED = "modelswarm-examples-passed"
+
+
+def _answer_example(model, example):
+    """None when predict answers `example` with JSON; else (the status a caller would get, the exception raised,
+    what went wrong in words without the exception's text)."""
+    try:
+        result = model.predict(example)
+    except RefusedInput as exc:
+        return HTTPStatus.UNPROCESSABLE_ENTITY, exc, "the model refused it"
+    except LEGACY_REFUSALS as exc:
+        return HTTPStatus.UNPROCESSABLE_ENTITY, exc, "the model refused it"
+    except Exception as exc:
+        return HTTPStatus.INTERNAL_SERVER_ERROR, exc, "the model raised an exception"
+    try:
+        json.dumps(result, allow_nan=False)
+    except Exception as exc:
+        return HTTPStatus.INTERNAL_SERVER_ERROR, exc, "the answer is not JSON"
+    return None
+
+
+def _run_examples(model):
+    """Answer every example input; raise ExampleFailed at the first one that fails. Returns how many passed."""
+    if not EXAMPLES:
+        return 0
+    with open(os.path.join(BUNDLE_DIR, EXAMPLES), encoding="utf-8") as handle:
+        examples = json.load(handle)
+    for number, example in enumerate(examples, start=1):
+        failed = _answer_example(model, example)
+        if failed is None:
+            continue
+        status, exc, what = failed
+        report = {
+            "model": INFO["name"], "version": INFO["version"], "example": number, "of": len(examples),
+            "file": EXAMPLES, "status": status.value, "exception": type(exc).__name__, "what": what,
+        }  # fmt: skip
+        httpguard.log_failure(f"example-{number}", f"example {number} of {len(examples)}: {what}", exc)
+        sys.stderr.write(f"{EXAMPLE_FAILED} {json.dumps(report)}\n")
+        sys.stderr.flush()
+        raise ExampleFailed(f"example {number} of {len(examples)} in {EXAMPLES} failed: {status.value}, {what}")
+    return len(examples)
+
+
 MODEL = _load_model()  # at import: a worker that cannot load the model fails to boot
+EXAMPLES_ANSWERED = _run_examples(MODEL)  # ... and so does one that cannot answer its own examples
 _lock = threading.Lock()
 _counts = {"ok": 0, "bad_request": 0, "rejected": 0, "error": 0}
 _latency = {"sum": 0.0, "count": 0}
@@ -156,3 +211,7 @@ def application(environ, start_response):
     headers = [*headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))]
     start_response(f"{status.value} {status.phrase}", [*headers, (httpguard.REQUEST_ID_HEADER, rid)])
     return [body]
+
+
+if __name__ == "__main__":  # `modelswarm validate`: the import above loaded the model and answered the examples
+    print(f"{EXAMPLES_PASSED} {json.dumps({**INFO, 'examples': EXAMPLES_ANSWERED, 'file': EXAMPLES})}", flush=True)

@@ -13,6 +13,7 @@ import testinfra
 
 from tests.infra.helpers import (
     IRIS,
+    RAISED_TEXT,
     REPO,
     bearer,
     call,
@@ -24,10 +25,6 @@ from tests.infra.helpers import (
     run_tool,
 )
 
-# No test here takes testinfra's `host` fixture: pytest groups the tests that use a module-scoped parametrized
-# fixture together, which would run this story out of its written order (it did: the no-op deploy ran last).
-VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
-SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 # No test here takes testinfra's `host` fixture: pytest groups the tests that use a module-scoped parametrized
 # fixture together, which would run this story out of its written order (it did: the no-op deploy ran last).
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
@@ -45,9 +42,29 @@ def remember(step: str, result: dict, log: str) -> None:
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory):
-    """iris 1.1.0 (a version bump) and 1.2.0-broken (load() raises: never healthy)."""
+    """iris 1.1.0 (a version bump), 1.2.0-broken (load() raises: never healthy) and 1.2.1-raises (predict raises)."""
     root = tmp_path_factory.mktemp("bundles")
-    return {"1.1.0": iris_variant(root, "1.1.0"), "broken": iris_variant(root, "1.2.0-broken", broken=True)}
+    return {
+        "1.1.0": iris_variant(root, "1.1.0"),
+        "broken": iris_variant(root, "1.2.0-broken", broken=True),
+        "raises": iris_variant(root, "1.2.1-raises", predict_raises=True),
+    }
+
+
+def test_validate_has_the_built_image_answer_the_examples():
+    code, result, log = modelswarm("validate", str(IRIS))
+    assert code == 0, log[-3000:]
+    assert (result["passed"], result["examples"], result["failure"]) == (True, 3, None)
+
+
+def test_validate_names_the_example_a_version_fails_and_never_its_text(variants):
+    code, result, log = modelswarm("validate", str(variants["raises"]))
+    assert code == 2, log[-3000:]
+    assert result["passed"] is False
+    assert result["failure"] == (
+        "example 1 of 3 in examples.json failed: 500, the model raised an exception (RuntimeError)"
+    )
+    assert "hunter2" not in log + json.dumps(result) and RAISED_TEXT not in log
 
 
 def replicas():
@@ -136,6 +153,12 @@ def test_rollback_to_a_recorded_version():
     assert code == 0, log[-3000:]
     assert (result["from_version"], result["to_version"]) == ("1.1.0", "1.0.0")
     assert [v for _, v in replicas()] == ["1.0.0", "1.0.0"]
+    # The whole spec of 1.0.0 as its manifest asked (resources: cpus 0.5, memory 256M), from its image.
+    node1 = testinfra.get_host("ansible://node1", ansible_inventory=inventory())
+    spec = json.loads(node1.check_output("docker service inspect model-iris"))[0]["Spec"]
+    limits = spec["TaskTemplate"]["Resources"]["Limits"]
+    assert (limits["NanoCPUs"], limits["MemoryBytes"]) == (500_000_000, 256 << 20)
+    assert spec["Mode"]["Replicated"]["Replicas"] == 2
 
 
 def test_rollback_to_an_unknown_version_is_refused():

@@ -37,6 +37,7 @@ def write_bundle(path, version: str, secrets: list[str]):
         f"name: {MODEL}\nversion: {version}\nreplicas: 2\nresources: {{memory: 128M}}\nsecrets: {json.dumps(secrets)}\n"
     )
     (path / "requirements.txt").write_text("")
+    (path / "examples.json").write_text('[{"any": "input"}]\n')  # answered with the secret's digest, never its value
     (path / "model.py").write_text(
         textwrap.dedent(f'''\
             """Answers the length and SHA-256 of its secret: never the value."""

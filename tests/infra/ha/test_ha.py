@@ -23,6 +23,7 @@ from modelswarm.tooling.loadgen import LoadPlan, LoadRun, allowed_target
 from tests.infra.ha import helpers as ha
 from tests.infra.helpers import (
     IRIS,
+    RAISED_TEXT,
     bearer,
     controller_key,
     iris_variant,
@@ -98,7 +99,15 @@ def iris():
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
-    return {"1.1.0": iris_variant(root, "1.1.0"), "broken": iris_variant(root, "1.2.0-broken-ha", broken=True)}
+    return {
+        "1.1.0": iris_variant(root, "1.1.0"),
+        "broken": iris_variant(root, "1.2.0-broken-ha", broken=True),
+        "raises": iris_variant(root, "1.2.1-raises-ha", predict_raises=True),
+        "4 replicas": iris_variant(root, "1.3.0", replicas=4),
+        "4 replicas again": iris_variant(root, "1.3.1", replicas=4),
+        "3 replicas": iris_variant(root, "1.4.0", replicas=3),
+        "3 replicas again": iris_variant(root, "1.4.1", replicas=3),
+    }
 
 
 @pytest.fixture
@@ -290,6 +299,60 @@ def test_4_broken_version_under_load_is_rolled_back(healthy, variants):
         f"http://{lab_addresses()['node1']}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=10
     )
     assert answer.json()["version"] == "1.1.0"
+
+
+def test_4b_a_version_whose_predict_raises_is_rolled_back_naming_the_example(healthy, variants):
+    """It loads, so only its example inputs show that it cannot predict: the new replica never becomes healthy."""
+    code, outcome, log, took, result = deploy_under_load("node2", 45, variants["raises"])
+    RESULTS["4b version whose predict raises"] = {**load_figures(result), "rollback_seconds": round(took, 1),
+                                                   "exit": code}  # fmt: skip
+    assert code == 3, log[-3000:]
+    failed_example = "example 1 of 3 in examples.json failed on the new replicas: 500, the model raised an exception"
+    assert outcome["result"] == "rolled_back" and f"{failed_example} (RuntimeError)" in outcome["message"]
+    assert result.failed == 0, result.summary()
+    newest = requests.get(
+        f"http://{lab_addresses()['node3']}/api/rollouts?model=iris", headers=AUTH, timeout=10
+    ).json()[0]
+    assert newest["to_version"] == "1.2.1-raises-ha" and failed_example in newest["message"]
+    # The exception's text is in the replica's log only: not in the CLI's output, its result or the ledger.
+    assert RAISED_TEXT not in log + json.dumps(outcome) + json.dumps(newest)
+    answer = requests.post(
+        f"http://{lab_addresses()['node1']}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=10
+    )
+    assert answer.json()["version"] == "1.1.0"
+
+
+def service_spec(via: str = "node1") -> dict:
+    return json.loads(ha.host(via).check_output(f"docker service inspect {ha.MODEL_SERVICE}"))[0]["Spec"]
+
+
+def test_4c_any_replica_count_places_and_rolls_out_under_load(healthy, variants):
+    """Seed 001's rule: replicas 4 on 3 nodes runs one per node and the 4th next to one of them; 4 -> 4 rolls out;
+    3 (= the nodes) -> 3 rolls out (it deadlocked at most one per node); a rollback restores 1.1.0's whole spec."""
+    figures = RESULTS.setdefault("4c replica counts under load", {})
+    for step, via, expected in (
+        ("4 replicas", "node2", 4), ("4 replicas again", "node3", 4),
+        ("3 replicas", "node2", 3), ("3 replicas again", "node3", 3),
+    ):  # fmt: skip
+        code, outcome, log, took, result = deploy_under_load(via, 30, variants[step])
+        figures[step] = {**load_figures(result), "rollout_seconds": round(took, 1), "exit": code}
+        assert code == 0, f"{step}: {log[-3000:]}"
+        assert result.failed == 0, f"{step}: {result.summary()}"
+        placed = ha.running_on("node1", ha.MODEL_SERVICE)
+        assert len(placed) == expected and set(placed) == set(ha.NODES), f"{step}: {placed}"
+    # Back to 1.1.0 with `rollback`: its replica count and resources, from its image - not the running spec's.
+    load = start_load("node1", seconds=30)
+    time.sleep(3)
+    code, outcome, log = modelswarm("rollback", "iris", "--to", "1.1.0")
+    result = load.result()
+    figures["rollback to 1.1.0"] = {**load_figures(result), "exit": code}
+    assert code == 0 and outcome["to_version"] == "1.1.0", log[-3000:]
+    assert result.failed == 0, result.summary()
+    spec = service_spec()
+    limits = spec["TaskTemplate"]["Resources"]["Limits"]
+    assert spec["Mode"]["Replicated"]["Replicas"] == 2
+    assert (limits["NanoCPUs"], limits["MemoryBytes"]) == (500_000_000, 256 << 20)
+    assert spec["Labels"]["io.modelswarm.version"] == "1.1.0"
 
 
 def test_5_docker_restart_on_one_node_recovers_by_itself(healthy):
