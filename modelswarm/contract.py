@@ -37,6 +37,7 @@ LABEL_MODEL = "io.modelswarm.model"
 LABEL_VERSION = "io.modelswarm.version"
 LABEL_SOURCE_HASH = "io.modelswarm.source-hash"
 LABEL_SPEC_HASH = "io.modelswarm.spec-hash"  # of a model service's whole spec: a redeploy that changes it is no no-op
+LABEL_QUEUE_TIMEOUT = "io.modelswarm.queue-timeout"  # on a model service: seconds a request waits for a replica
 LABEL_PLATFORM = "io.modelswarm.platform"
 LABEL_SECRETS = "io.modelswarm.secrets"  # on a model image: the secret names its manifest declares, comma-separated
 # On a model image: how its manifest asks it to be served (replicas, resources, environment, secrets), as JSON;
@@ -107,6 +108,10 @@ MODEL_DEFAULT_MEMORY = "1G"
 # --- Limits -------------------------------------------------------------------------------------------------------
 DEFAULT_REPLICAS = 2
 MAX_REPLICAS = 9
+# How long a request for a model with no reachable replica waits for one (seconds; the manifest's queue_timeout),
+# and the most a manifest may ask. NGINX reads a service's value from LABEL_QUEUE_TIMEOUT.
+DEFAULT_QUEUE_TIMEOUT = 30
+MAX_QUEUE_TIMEOUT = 300
 ROLLOUT_MONITOR_SECONDS = 10  # a new task must stay healthy this long before the next one is replaced
 STOP_GRACE_SECONDS = 30  # a stopping replica finishes its in-flight requests within this
 MAX_SECRET_BYTES = 500 * 1024  # swarm's limit for one secret's value
@@ -158,6 +163,8 @@ ANSIBLE_VARS: dict[str, object] = {
     "modelswarm_first_admin_user": FIRST_ADMIN_USER,
     "modelswarm_registry_users": REGISTRY_USERS,
     "modelswarm_model_uid": MODEL_UID,
+    "modelswarm_default_queue_timeout": DEFAULT_QUEUE_TIMEOUT,
+    "modelswarm_queue_timeout_label": LABEL_QUEUE_TIMEOUT,
 }
 
 ANSIBLE_VARS_FILE = Path("playbooks/group_vars/all/contract.yml")

@@ -17,6 +17,7 @@
     secrets: [db_password]      # swarm secrets, mounted at /run/secrets/<name> (`modelswarm secrets set`)
     artifacts: [artifacts/weights.npz]
     examples: examples.json     # default examples.json: a JSON list of inputs, each one a valid request body
+    queue_timeout: 30           # seconds a request waits while no replica can answer (then 503); 0-300
 
 `load_bundle` checks everything before any build and raises BundleError with one message per problem.
 """
@@ -40,7 +41,7 @@ MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KNOWN_KEYS = {
     "name", "version", "entrypoint", "replicas", "resources", "environment", "secrets", "artifacts", "description",
-    "examples",
+    "examples", "queue_timeout",
 }  # fmt: skip
 DEFAULT_EXAMPLES = "examples.json"
 MAX_EXAMPLES = 20  # every replica answers each one before it serves: a few cover the model, many slow the start
@@ -80,6 +81,7 @@ class Bundle:
     has_load: bool = False
     examples: str = DEFAULT_EXAMPLES  # the file of example inputs, relative to the bundle
     example_count: int = 0
+    queue_timeout: int = contract.DEFAULT_QUEUE_TIMEOUT
 
     @property
     def service(self) -> str:
@@ -101,6 +103,7 @@ class Bundle:
             "memory": self.memory,
             "environment": dict(sorted(self.environment.items())),
             "secrets": list(self.secrets),
+            "queue_timeout": self.queue_timeout,
         }
 
     def source_hash(self) -> str:
@@ -296,6 +299,16 @@ def load_bundle(path: str | Path) -> Bundle:
 
     secrets = _check_secrets(manifest.get("secrets", []) or [], problems)
     examples, example_count = _check_examples(root, manifest.get("examples", DEFAULT_EXAMPLES), problems)
+    queue_timeout = manifest.get("queue_timeout", contract.DEFAULT_QUEUE_TIMEOUT)
+    if (
+        not isinstance(queue_timeout, int)
+        or isinstance(queue_timeout, bool)
+        or not 0 <= queue_timeout <= contract.MAX_QUEUE_TIMEOUT
+    ):
+        problems.append(
+            f"queue_timeout {queue_timeout!r}: whole seconds from 0 to {contract.MAX_QUEUE_TIMEOUT} that a request "
+            "waits while the model has no replica that can answer (0: answer 503 at once)"
+        )
 
     if problems:
         raise BundleError(root, problems)
@@ -314,4 +327,5 @@ def load_bundle(path: str | Path) -> Bundle:
         has_load=has_load,
         examples=examples,
         example_count=example_count,
+        queue_timeout=queue_timeout,
     )

@@ -48,6 +48,7 @@ class Target:
     memory: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()  # names the model declares; the newest version of each is mounted
+    queue_timeout: int = contract.DEFAULT_QUEUE_TIMEOUT  # seconds NGINX holds a request while no replica answers
     network: str = contract.MODELS_NETWORK
     endpoint_mode: str = "dnsrr"
     monitor_seconds: int = contract.ROLLOUT_MONITOR_SECONDS
@@ -88,6 +89,7 @@ class Target:
             memory=serving.get("memory"),
             environment=dict(serving.get("environment") or {}),
             secrets=tuple(serving.get("secrets") or ()),
+            queue_timeout=int(serving.get("queue_timeout", contract.DEFAULT_QUEUE_TIMEOUT)),
             network=network,
             endpoint_mode=endpoint_mode,
         )
@@ -165,7 +167,12 @@ def _service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersio
     return {
         "image": target.image,
         "name": target.service,
-        "labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version, LABEL_SOURCE_HASH: target.source_hash},
+        "labels": {
+            LABEL_MODEL: target.name,
+            LABEL_VERSION: target.version,
+            LABEL_SOURCE_HASH: target.source_hash,
+            contract.LABEL_QUEUE_TIMEOUT: str(target.queue_timeout),  # NGINX reads it (modelswarm_wait.js)
+        },
         "container_labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version},
         "env": [f"{k}={v}" for k, v in sorted(target.environment.items())] + [f"MODELSWARM_IMAGE={target.image}"],
         "secrets": modelsecrets.references(secrets or {}),

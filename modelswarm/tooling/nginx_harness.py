@@ -37,6 +37,7 @@ from modelswarm import contract
 REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "platform"
 AUTH_JS = ROLE / "files" / "nginx" / "modelswarm_auth.js"
+WAIT_JS = ROLE / "files" / "nginx" / "modelswarm_wait.js"
 NGINX = "/usr/sbin/nginx"
 JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 
@@ -169,6 +170,48 @@ class StubUpstream:
         self._thread.join(timeout=5)
 
 
+class _Services(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        name = self.path.rsplit("/", 1)[-1]
+        labels = self.server.services.get(name) if self.path.startswith("/services/") else None
+        status, document = (200, {"Spec": {"Name": name, "Labels": labels}}) if labels is not None else (404, {})
+        if not labels and labels is not None:
+            document["Spec"]["Labels"] = {}
+        payload = json.dumps(document or {"message": f"service {name} not found"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format, *args) -> None:  # quiet
+        pass
+
+
+class StubDockerApi:
+    """The Docker API proxy as NGINX asks it: GET /services/<name> -> 200 with the service's labels for the names in
+    `services` (a dict name -> labels, changeable while it runs), 404 for any other."""
+
+    def __init__(self, services: dict[str, dict[str, str]] | None = None) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Services)
+        self.server.daemon_threads = True
+        self.server.services = services if services is not None else {}
+        self.services = self.server.services
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> StubDockerApi:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
 class StubDNS:
     """A DNS server on 127.0.0.1 (UDP) that answers A queries for the names it knows with 127.0.0.1, and NXDOMAIN
     for any other: Docker's embedded DNS for the swarm's service names, as NGINX asks it."""
@@ -284,8 +327,10 @@ def _port_open(port: int) -> bool:
 class HostNginx:
     """The platform's nginx.conf (the role's template) on loopback, run by the host's nginx.
 
-    `models`: the model names whose services exist (the others are "not deployed"): each, and the console, is the
-    stub upstream on `upstream_port`. `settings`: role variables to set (e.g. platform_nginx_auth_rate);
+    `models`: the model names that have a running replica (their service names resolve; change `dns.names` to
+    add or remove one): each, and the console, is the stub upstream on `upstream_port`. `docker_api_port`: where
+    the Docker API proxy answers (a StubDockerApi; default: a port nothing listens on). `settings`: role variables
+    to set (e.g. platform_nginx_auth_rate);
     `extra_locations`: NGINX text added to the main server, `extra_http` to the http block (the benchmark's
     unchecked location and its upstream).
     """
@@ -300,6 +345,7 @@ class HostNginx:
         settings: dict | None = None,
         extra_locations: str = "",
         extra_http: str = "",
+        docker_api_port: int | None = None,
     ) -> None:
         self.root = root
         self.http_port = free_port()
@@ -315,6 +361,7 @@ class HostNginx:
         self.grants_file.parent.mkdir(exist_ok=True)
         self.grants_file.write_text(grants)
         shutil.copyfile(AUTH_JS, root / "modelswarm_auth.js")
+        shutil.copyfile(WAIT_JS, root / "modelswarm_wait.js")
         self._certificate()
         paths = {
             **role_vars()["_platform_nginx"],
@@ -330,6 +377,8 @@ class HostNginx:
             "tls_certificate_key": str(root / "server.key"),
             "js_module": str(JS_MODULE),
             "auth_js": str(root / "modelswarm_auth.js"),
+            "wait_js": str(root / "modelswarm_wait.js"),
+            "docker_api": f"127.0.0.1:{docker_api_port or free_port()}",
             "grants_dir": str(self.grants_file.parent),
             "grants_file": str(self.grants_file),
             "grants_token": str(root / "grants-token"),

@@ -185,8 +185,21 @@ def test_another_examples_file_can_be_named(iris):
 
 def test_the_serving_spec_is_what_the_manifest_asks():
     assert bundle.load_bundle(EXAMPLES / "iris").serving() == {
-        "replicas": 2, "cpus": "0.5", "memory": "256M", "environment": {}, "secrets": [],
+        "replicas": 2, "cpus": "0.5", "memory": "256M", "environment": {}, "secrets": [], "queue_timeout": 30,
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [-1, 301, "30", 2.5, True])
+def test_a_queue_timeout_is_whole_seconds_from_0_to_300(iris, value):
+    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"queue_timeout: {value!r}\n")
+    found = problems_of(iris)
+    assert len(found) == 1 and found[0].startswith(f"queue_timeout {value!r}: whole seconds from 0 to 300")
+
+
+@pytest.mark.parametrize("value", [0, 5, 300])
+def test_a_queue_timeout_goes_into_the_serving_spec(iris, value):
+    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"queue_timeout: {value}\n")
+    assert bundle.load_bundle(iris).serving()["queue_timeout"] == value
 
 
 @pytest.mark.parametrize("replicas", [1, 3, 4, 9])

@@ -12,6 +12,7 @@ import signal
 import stat
 import time
 
+import jinja2
 import pytest
 import yaml
 
@@ -411,7 +412,11 @@ def test_the_console_talks_to_the_proxy_on_the_internal_network():
     network = stack["networks"]["docker-api"]
     assert network["internal"] is True and not network.get("attachable")
     on_it = {name for name, service in stack["services"].items() if "docker-api" in service["networks"]}
-    assert on_it == {"docker-api-proxy", contract.CONSOLE_SERVICE}
+    # NGINX asks it whether a model's service exists while a request waits for a replica (modelswarm_wait.js).
+    assert on_it == {"docker-api-proxy", contract.CONSOLE_SERVICE, "nginx"}
+    role = harness.role_vars()
+    address = jinja2.Template(role["_platform_nginx"]["docker_api"]).render(role)
+    assert address == f"docker-api-proxy:{role['_platform_docker_api_proxy']['port']}"
 
 
 @pytest.mark.parametrize("service", ["logspout", "registrator"])

@@ -52,10 +52,16 @@ def grants_for(keys: dict[str, tuple[str, str]], version: int, names=None) -> st
 
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory, keys):
+    services = {contract.service_name(m): {} for m in MODELS}  # what the Docker API proxy knows
     with (
         harness.StubUpstream() as upstream,
+        harness.StubDockerApi(services) as docker_api,
         harness.HostNginx(
-            tmp_path_factory.mktemp("nginx"), grants=grants_for(keys, 1), upstream_port=upstream.port, models=MODELS
+            tmp_path_factory.mktemp("nginx"),
+            grants=grants_for(keys, 1),
+            upstream_port=upstream.port,
+            models=MODELS,
+            docker_api_port=docker_api.port,
         ) as server,
     ):
         yield server
@@ -289,10 +295,10 @@ def test_routing_redirects_errors_and_the_console_still_work(nginx, keys, source
     # Query strings and any path under the model reach the replica.
     status, _, body = nginx.request("GET", "/models/iris/healthz?verbose=1", bearer(key), None, source)
     assert status == 200 and json.loads(body)["path"] == "/healthz?verbose=1"
-    # A model without a service: the check comes first, then the usual JSON 502.
+    # A model without a service: the check comes first, then 404 JSON at once.
     assert_unauthorized(*nginx.request("POST", "/models/ghost/predict", {}, BODY, source))
     status, headers, body = nginx.request("POST", "/models/ghost/predict", bearer(key), BODY, source)
-    assert status == 502 and "is not deployed" in json.loads(body)["error"]
+    assert status == 404 and json.loads(body)["error"] == "no model 'ghost' is deployed"
     # The console checks its own keys: it gets the Authorization header, never a client's key name.
     headers = {**bearer(key), "X-Modelswarm-Key-Name": "mallory"}
     status, _, body = nginx.request("GET", "/api/rollouts", headers, None, source)

@@ -256,3 +256,10 @@ def test_describe_names_the_mounted_secrets(fake_secrets):
     v1, _ = modelsecrets.store(fake_secrets, "iris", "token", b"value")
     service = SimpleNamespace(attrs=spec(TARGET.image, "1.1.0", secrets=modelsecrets.references({"token": v1})))
     assert rollout.describe(service)["secrets"] == {"token": "model-iris-token-v1"}
+
+
+def test_the_queue_timeout_is_a_service_label_for_nginx():
+    labels = rollout.service_kwargs(replace(TARGET, queue_timeout=7))["labels"]
+    assert labels[contract.LABEL_QUEUE_TIMEOUT] == "7"
+    assert rollout.service_kwargs(TARGET)["labels"][contract.LABEL_QUEUE_TIMEOUT] == "30"
+    assert rollout.Target.for_serving("m", "1", "i", "", {"queue_timeout": 0}).queue_timeout == 0

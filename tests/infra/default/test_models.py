@@ -122,7 +122,8 @@ def test_bad_requests_get_clear_errors():
     assert missing.status_code == 422 and "missing measurement(s)" in missing.json()["error"]
     assert missing.json()["request_id"] == missing.headers["X-Request-Id"]  # NGINX's $request_id, passed on
     unknown = call("node1", "POST", "/models/nosuch/predict", json={}, scheme="http")
-    assert unknown.status_code == 502 and "not deployed" in unknown.json()["error"]
+    # A model that does not exist: 404 at once (a deployed one without a replica would wait for one).
+    assert unknown.status_code == 404 and unknown.json()["error"] == "no model 'nosuch' is deployed"
 
 
 def test_same_bundle_again_is_a_no_op():

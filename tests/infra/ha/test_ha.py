@@ -355,6 +355,59 @@ def test_4c_any_replica_count_places_and_rolls_out_under_load(healthy, variants)
     assert spec["Labels"]["io.modelswarm.version"] == "1.1.0"
 
 
+def predict_in_background(via: str, timeout: float = 60):
+    """A prediction through `via` in a thread; returns a function giving (status, JSON answer, seconds it took)."""
+    import threading
+
+    box: dict = {}
+
+    def send():
+        started = time.monotonic()
+        answer = requests.post(
+            f"http://{lab_addresses()[via]}/models/iris/predict", json=VIRGINICA, headers=AUTH, timeout=timeout
+        )
+        box["result"] = (answer.status_code, answer.json(), time.monotonic() - started, answer.headers)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+
+    def result():
+        thread.join(timeout + 5)
+        assert "result" in box, "the prediction never ended"
+        return box["result"]
+
+    return result
+
+
+def test_4d_a_request_waits_while_the_model_has_no_replica_then_503_after_its_queue_timeout(healthy):
+    """Seed 001: a request for a model with no available replica queues until the model is available again."""
+    manager = ha.host("node1")
+    manager.check_output(f"docker service scale --detach {ha.MODEL_SERVICE}=0")
+    ha.wait_for("no replica running", lambda: ha.running_on("node1", ha.MODEL_SERVICE) == [], 60)
+    try:
+        pending = predict_in_background("node2")
+        time.sleep(5)
+        manager.check_output(f"docker service scale --detach {ha.MODEL_SERVICE}=2")
+        status, answer, took, _ = pending()
+        RESULTS["4d request while no replica"] = {"status": status, "answered_after_seconds": round(took, 1)}
+        assert status == 200 and answer["prediction"]["species"] == "virginica", answer
+        assert took >= 5  # it waited for the replica instead of failing
+        # No replica for longer than the model's queue timeout (the contract's default, 30 s): 503 with Retry-After.
+        manager.check_output(f"docker service scale --detach {ha.MODEL_SERVICE}=0")
+        ha.wait_for("no replica running", lambda: ha.running_on("node1", ha.MODEL_SERVICE) == [], 60)
+        status, answer, took, headers = predict_in_background("node3", timeout=90)()
+        RESULTS["4d request while no replica"]["past_the_timeout"] = {"status": status, "seconds": round(took, 1)}
+        assert status == 503 and answer["error"] == "model 'iris' has no healthy replica; waited 30 s", answer
+        assert headers["Retry-After"] == "5" and took >= 29
+        # A model that does not exist is not waited for.
+        ghost = requests.post(
+            f"http://{lab_addresses()['node3']}/models/ghost/predict", json=VIRGINICA, headers=AUTH, timeout=10
+        )
+        assert ghost.status_code == 404
+    finally:
+        manager.check_output(f"docker service scale --detach {ha.MODEL_SERVICE}=2")
+
+
 def test_5_docker_restart_on_one_node_recovers_by_itself(healthy):
     victim = ha.running_on("node1", ha.MODEL_SERVICE)[-1]
     via = next(n for n in ha.NODES if n != victim)
