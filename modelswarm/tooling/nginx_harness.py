@@ -378,13 +378,15 @@ class HostNginx:
             "js_module": str(JS_MODULE),
             "auth_js": str(root / "modelswarm_auth.js"),
             "wait_js": str(root / "modelswarm_wait.js"),
-            "docker_api": f"127.0.0.1:{docker_api_port or free_port()}",
+            "docker_api_host": "127.0.0.1",
             "grants_dir": str(self.grants_file.parent),
             "grants_file": str(self.grants_file),
             "grants_token": str(root / "grants-token"),
         }
+        proxy = {**role_vars()["_platform_docker_api_proxy"], "port": docker_api_port or free_port()}
         self.variables = role_vars(
             _platform_nginx=paths,
+            _platform_docker_api_proxy=proxy,
             platform_http_port=self.http_port,
             platform_https_port=self.https_port,
             modelswarm_model_port=upstream_port,

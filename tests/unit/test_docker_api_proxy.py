@@ -12,7 +12,6 @@ import signal
 import stat
 import time
 
-import jinja2
 import pytest
 import yaml
 
@@ -415,8 +414,8 @@ def test_the_console_talks_to_the_proxy_on_the_internal_network():
     # NGINX asks it whether a model's service exists while a request waits for a replica (modelswarm_wait.js).
     assert on_it == {"docker-api-proxy", contract.CONSOLE_SERVICE, "nginx"}
     role = harness.role_vars()
-    address = jinja2.Template(role["_platform_nginx"]["docker_api"]).render(role)
-    assert address == f"docker-api-proxy:{role['_platform_docker_api_proxy']['port']}"
+    nginx_conf = harness.render("nginx.conf.j2", role)
+    assert f"set $modelswarm_docker_api docker-api-proxy:{settings['port']};" in nginx_conf
 
 
 @pytest.mark.parametrize("service", ["logspout", "registrator"])

@@ -87,7 +87,8 @@ def test_gunicorn_does_not_serve_a_version_that_fails_an_example(layout):
     opt, argv, env = layout([{"do": "crash"}])
     argv[argv.index("--bind") + 1] = "127.0.0.1:0"
     result = subprocess.run(argv, cwd=opt, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 3, result.stderr[-2000:]  # gunicorn's WORKER_BOOT_ERROR
+    # gunicorn halts: exit 3 (WORKER_BOOT_ERROR), or 1 when the worker died before the arbiter's main loop began.
+    assert result.returncode in (1, 3), result.stderr[-2000:]
     assert failure_report(result.stderr)["example"] == 1
     assert "Worker failed to boot" in result.stderr
 

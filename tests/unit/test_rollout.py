@@ -58,6 +58,9 @@ class FakeSwarm:
         count = self.running.pop(0) if len(self.running) > 1 else self.running[0]
         return [{"Status": {"State": "running"}}] * count
 
+    def service_logs(self, service_id, **kwargs):
+        return [b"a replica's log line\n"]  # no example failed
+
 
 def spec(image, version, replicas=2, secrets=(), spec_hash=None):
     """A service as the swarm shows it; by default, with the spec hash that TARGET's spec would have."""
