@@ -123,7 +123,8 @@ def test_from_the_console_get_nodes_passes_and_create_gets_403(host):
     assert host.check_output("docker ps -aq | sort") == before  # nothing was created
 
 
-def test_the_docker_api_network_is_internal_with_only_the_proxy_and_the_console(host):
+def test_the_docker_api_network_is_internal_with_only_the_proxy_the_console_and_nginx(host):
+    """NGINX joins it to ask whether a model's service exists while a request waits for a replica."""
     network = json.loads(host.check_output("docker network inspect %s_docker-api", STACK))[0]
     assert network["Internal"] is True and network["Attachable"] is False
     ids = host.check_output("docker service ls -q").split()
@@ -132,7 +133,7 @@ def test_the_docker_api_network_is_internal_with_only_the_proxy_and_the_console(
         s["Spec"]["Name"] for s in services
         for n in s["Spec"]["TaskTemplate"].get("Networks") or [] if n["Target"] == network["Id"]
     }  # fmt: skip
-    assert attached == {PROXY, f"{STACK}_{contract.CONSOLE_SERVICE}"}
+    assert attached == {PROXY, f"{STACK}_{contract.CONSOLE_SERVICE}", f"{STACK}_nginx"}
 
 
 @pytest.mark.parametrize("service", ["logspout", "registrator"])
