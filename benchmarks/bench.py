@@ -1,6 +1,6 @@
 """Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
 
-    .venv/bin/python benchmarks/bench.py all          # or: converge | hop | replicas | heartbeat | rollout | auth
+    .venv/bin/python benchmarks/bench.py all     # or: converge | hop | replicas | heartbeat | frozen | rollout | auth
     .venv/bin/python benchmarks/bench.py down         # remove the bench lab
 
 The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
@@ -13,6 +13,8 @@ from `hey` through modelswarm.load, to lab addresses only.
 - replicas:  predictions per second at full speed with 1 and with 2 replicas.
 - heartbeat: seconds from a hard-stopped replica node to 2 running replicas again, with the default dispatcher
              heartbeat (5 s) and a tuned one (1 s).
+- frozen:    a gray failure: one of the two replicas frozen (docker pause) for 60 s while 4 clients send 20 predictions
+             per second through another node's NGINX; failed requests and p50/p99/max latency.
 - rollout:   duration of a version bump (code-only change) and of a no-op deploy.
 - auth:      the cost of NGINX's API key checks: the host's nginx + njs on loopback (no lab), the role's own
              nginx.conf, two locations proxying to the same fast upstream (an NGINX `return 200` server), one with
@@ -212,6 +214,27 @@ def bench_heartbeat() -> None:
     record("node loss recovery", **figures)
 
 
+def bench_frozen(seconds: int = 60) -> None:
+    say(f"frozen: one of two replicas paused for {seconds} s under load (4 clients, 20 requests/s)")
+    victim = replica_nodes()[0]
+    via = next(n for n in ("node1", "node2", "node3") if n != victim)
+    container = on_node(victim, "docker ps -q --filter label=com.docker.swarm.service.name=model-iris").split()[0]
+    from threading import Thread
+
+    result: dict = {}
+    worker = Thread(target=lambda: result.setdefault(
+        "load", load(f"http://{address(via)}/models/iris/predict", 20 * seconds, 4, rate_per_worker=5.0)
+    ))  # fmt: skip
+    worker.start()
+    time.sleep(2)
+    on_node(victim, f"docker pause {container}")
+    worker.join(timeout=seconds + 120)
+    on_node(victim, f"docker unpause {container} 2>/dev/null || true")
+    outcome = result["load"]
+    record("one replica frozen", requests=outcome.sent, failed=outcome.failed, p50_ms=round(outcome.p50_ms, 1),
+           p99_ms=round(outcome.p99_ms, 1), max_ms=round(outcome.max_ms, 1))  # fmt: skip
+
+
 def bench_rollout() -> None:
     say("rollout: a version bump (code-only change) and a no-op deploy")
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,7 +360,8 @@ def bench_down() -> None:
 
 
 BENCHES = {"converge": bench_converge, "hop": bench_hop, "replicas": bench_replicas,
-           "heartbeat": bench_heartbeat, "rollout": bench_rollout, "auth": bench_auth}  # fmt: skip
+           "heartbeat": bench_heartbeat, "frozen": bench_frozen, "rollout": bench_rollout,
+           "auth": bench_auth}  # fmt: skip
 # Benchmarks that need no lab (they run on the host, on loopback).
 NO_LAB = {"auth"}
 
