@@ -1,7 +1,7 @@
 """Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
 
     .venv/bin/python benchmarks/bench.py all     # or: converge | hop | replicas | heartbeat | frozen | rollout | auth
-    .venv/bin/python benchmarks/bench.py down         # remove the bench lab
+    .venv/bin/python benchmarks/bench.py down    # remove the bench lab
 
 The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
 Figures are printed as they come and written to .lab/benchmarks.json with the date and the machine. Load comes
