@@ -4,8 +4,9 @@ The outcome is read from the service itself - its UpdateStatus and its up-to-dat
 exit code (`docker service update` exits 0 even after an automatic rollback). The CLI and the tests share it.
 
 Service model-<name>: on the models network, DNS round-robin endpoints (or VIP), N replicas (2 by default) spread by
-swarm's scheduler - one per node first, then more on the nodes that run the fewest of them, so any count works on any
-number of nodes - updated one task at a time, start-first, rolled back automatically when a new task fails its
+swarm's scheduler - which prefers the nodes that run the fewest of them, so any count works on any number of nodes
+(one per node first is not promised: a scale-up within a start-first update can place 2 + 2 + 0) - updated one
+task at a time, start-first, rolled back automatically when a new task fails its
 health check within the monitor window. A new task is healthy only once it has answered the bundle's example inputs;
 when a rollout is rolled back because of one, the outcome names it (read from the service's log).
 The newest version of each secret the model declares is mounted at
