@@ -151,16 +151,16 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-class StubUpstream:
-    """A model replica and console stand-in on 127.0.0.1: answers every request with what it received (JSON)."""
+class _LoopbackHTTP:
+    """An HTTP server on 127.0.0.1 (a free port) with `handler`, served from a thread while in its `with` block."""
 
-    def __init__(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
 
-    def __enter__(self) -> StubUpstream:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -168,6 +168,13 @@ class StubUpstream:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
+
+
+class StubUpstream(_LoopbackHTTP):
+    """A model replica and console stand-in on 127.0.0.1: answers every request with what it received (JSON)."""
+
+    def __init__(self) -> None:
+        super().__init__(_Echo)
 
 
 class _Services(BaseHTTPRequestHandler):
@@ -190,26 +197,14 @@ class _Services(BaseHTTPRequestHandler):
         pass
 
 
-class StubDockerApi:
+class StubDockerApi(_LoopbackHTTP):
     """The Docker API proxy as NGINX asks it: GET /services/<name> -> 200 with the service's labels for the names in
     `services` (a dict name -> labels, changeable while it runs), 404 for any other."""
 
     def __init__(self, services: dict[str, dict[str, str]] | None = None) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Services)
-        self.server.daemon_threads = True
+        super().__init__(_Services)
         self.server.services = services if services is not None else {}
         self.services = self.server.services
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def __enter__(self) -> StubDockerApi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
 
 
 class StubDNS:
