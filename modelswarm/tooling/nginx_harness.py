@@ -319,6 +319,24 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def _run_nginx(server, port: int, what: str) -> None:
+    """Start the host's nginx on `server.conf` (logging to `server.error_log`), its stub DNS first, and wait until it
+    listens on `port`; on failure, stop it again and raise with its error log."""
+    server.dns.__enter__()
+    server.process = subprocess.Popen(
+        [NGINX, "-e", str(server.error_log), "-c", str(server.conf), "-g", "daemon off;"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: server.process.poll() is not None or _port_open(port), 10, what)
+        if server.process.poll() is not None:
+            raise RuntimeError(f"nginx exited ({server.process.returncode}): {server.errors()[-2000:]}")
+    except BaseException:
+        server.stop()
+        raise
+
+
 class HostNginx:
     """The platform's nginx.conf (the role's template) on loopback, run by the host's nginx.
 
@@ -415,16 +433,8 @@ class HostNginx:
         )  # fmt: skip
 
     def start(self) -> HostNginx:
-        self.dns.__enter__()
-        self.process = subprocess.Popen(
-            [NGINX, "-e", str(self.error_log), "-c", str(self.conf), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        _run_nginx(self, self.http_port, "nginx listening")
         try:
-            wait_for(lambda: self.process.poll() is not None or _port_open(self.http_port), 10, "nginx listening")
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited ({self.process.returncode}): {self.errors()[-2000:]}")
             wait_for(lambda: _port_open(self.https_port), 10, "nginx listening on https")
         except BaseException:
             self.stop()
@@ -544,19 +554,7 @@ class RegistryGateway:
         self.conf.write_text(render("registry-gateway.conf.j2", self.variables))
 
     def start(self) -> RegistryGateway:
-        self.dns.__enter__()
-        self.process = subprocess.Popen(
-            [NGINX, "-e", str(self.error_log), "-c", str(self.conf), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            wait_for(lambda: self.process.poll() is not None or _port_open(self.port), 10, "gateway listening")
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited ({self.process.returncode}): {self.errors()[-2000:]}")
-        except BaseException:
-            self.stop()
-            raise
+        _run_nginx(self, self.port, "gateway listening")
         return self
 
     stop = HostNginx.stop
