@@ -11,7 +11,7 @@
     name: iris                  # 2-40 chars: lowercase letters, digits, dashes; service model-<name>
     version: 1.0.0              # image tag: letters, digits, '.', '_', '-' (128 at most)
     entrypoint: model.py        # default model.py
-    replicas: 2                 # default 2; spread across the nodes by swarm (docs/models.md)
+    replicas: 2                 # default 2; one per node first, the rest where there is room
     resources: {cpus: "0.5", memory: 256M}
     environment: {LOG_LEVEL: info}   # not secrets: baked into the image (keys that look like secrets are refused)
     secrets: [db_password]      # swarm secrets, mounted at /run/secrets/<name> (`modelswarm secrets set`)

@@ -4,14 +4,15 @@ The outcome is read from the service itself - its UpdateStatus and its up-to-dat
 exit code (`docker service update` exits 0 even after an automatic rollback). The CLI and the tests share it.
 
 Service model-<name>: on the models network, DNS round-robin endpoints (or VIP), N replicas (2 by default) spread by
-swarm's scheduler - which prefers the nodes that run the fewest of them, so any count works on any number of nodes
-(one per node first is not promised: a scale-up within a start-first update can place 2 + 2 + 0) - updated one
-task at a time, start-first, rolled back automatically when a new task fails its
-health check within the monitor window. A new task is healthy only once it has answered the bundle's example inputs;
-when a rollout is rolled back because of one, the outcome names it (read from the service's log).
-The newest version of each secret the model declares is mounted at
-/run/secrets/<name>; a new version of a secret alone is a change to roll out, and a secret that was never set stops
-the rollout before the service is touched.
+swarm's scheduler - which prefers the nodes that run the fewest of them, so any count works on any number of nodes -
+updated one task at a time, start-first, rolled back automatically when a new task fails its
+health check within the monitor window. Swarm counts the old tasks of a start-first update on their nodes, so an
+update can end uneven (2 + 2 + 0 seen in CI); a rollout that succeeded then evens the placement out (`rebalance`:
+one per node first, the rest on the nodes with the fewest). A new task is healthy only once it has answered the
+bundle's example inputs; when a rollout is rolled back because of one, the outcome names it (read from the
+service's log). The newest version of each secret the model declares is mounted at /run/secrets/<name>; a new
+version of a secret alone is a change to roll out, and a secret that was never set stops the rollout before the
+service is touched.
 """
 
 from __future__ import annotations
@@ -274,6 +275,61 @@ def wait(
     return "failed", f"timed out after {timeout:.0f}s waiting for the rollout ({last})"
 
 
+def placement(client: docker.DockerClient, service_id: str) -> dict[str, int]:
+    """Node ID -> running tasks of the service, for every node that can take a task now (ready and active; a
+    node without a task counts 0). A task on a node that cannot take one is not counted: swarm moves it."""
+    eligible = [
+        node.id
+        for node in client.nodes.list()
+        if node.attrs["Status"].get("State") == "ready" and node.attrs["Spec"].get("Availability") == "active"
+    ]
+    counts = dict.fromkeys(eligible, 0)
+    for task in client.api.tasks(filters={"service": service_id, "desired-state": "running"}):
+        if task["Status"]["State"] == "running" and task.get("NodeID") in counts:
+            counts[task["NodeID"]] += 1
+    return counts
+
+
+def excess(counts: dict[str, int]) -> int:
+    """How many replicas to take off the nodes that hold the most so that the nodes differ by at most one once
+    they are added back. Swarm's scale-down removes the nth copy on a node before any (n-1)th copy, and its
+    scheduler puts a new task on the node with the fewest: the two together are the one-per-node-first rule."""
+    left, removed = dict(counts), 0
+    while left and max(left.values()) - min(left.values()) > 1:
+        left[max(left, key=left.__getitem__)] -= 1
+        removed += 1
+    return removed
+
+
+def shape(counts: dict[str, int], names: dict[str, str] | None = None) -> str:
+    """'node1 2, node2 2, node3 0': the placement in words, in node-name order."""
+    named = sorted(((names or {}).get(node, node[:12]), n) for node, n in counts.items())
+    return ", ".join(f"{name} {n}" for name, n in named)
+
+
+def rebalance(
+    client: docker.DockerClient, service_id: str, replicas: int, report: Callable[[str], None], timeout: float = 120
+) -> str | None:
+    """Even out an uneven placement: scale down by `excess` (swarm takes those from the crowded nodes), wait, scale
+    back up (swarm puts them on the emptiest nodes), wait. The rest keep serving all along; the spec is otherwise
+    untouched. Returns what was done, in words, or None when the placement was already even."""
+    counts = placement(client, service_id)
+    extra = excess(counts)
+    if not extra or len(counts) < 2:
+        return None
+    names = {node.id: node.attrs["Description"].get("Hostname", node.id[:12]) for node in client.nodes.list()}
+    before = shape(counts, names)
+    report(f"placement uneven ({before}): scaling {replicas} -> {replicas - extra} -> {replicas} to spread it")
+    for count in (replicas - extra, replicas):
+        client.services.get(service_id).scale(count)
+        result, message = wait(client, service_id, count, timeout, 0, lambda line, n=count: report(
+            f"  scaling to {n}: " + line.split(": ", 1)[-1]
+        ))  # fmt: skip
+        if result != "succeeded":
+            return f"placement left uneven ({before}): {message}"
+    return f"placement evened out: {before} -> {shape(placement(client, service_id), names)}"
+
+
 def example_failure(chunks) -> str | None:
     """The first `modelswarm-example-failed` report in a replica log (bytes chunks), in words; None if there is
     none. The report names the example and the exception's class, never its text (server.py writes it)."""
@@ -359,6 +415,11 @@ def rollout(
             message += f"; {why}"
     if mounted and result == "succeeded":
         message += f" ({mounted[2:]})"  # names and versions of the secrets, never a value
+    if result == "succeeded":
+        evened = rebalance(client, service.id, target.replicas, report)
+        if evened:
+            report(evened)
+            message += f"; {evened}"
     return Outcome(
         target.name, before and before["version"], target.version, target.image, digest, result, message,
         started, _now(), note,

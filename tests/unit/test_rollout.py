@@ -21,6 +21,7 @@ class FakeSwarm:
         self.services = self
         self.api = self
         self.images = self
+        self.nodes = SimpleNamespace(list=list)  # no node information: placement is not evened out
         self.updated, self.created = None, None
         self.registry_holds, self.asked_registry = registry_holds, []
 

@@ -340,9 +340,10 @@ def test_4c_any_replica_count_places_and_rolls_out_under_load(healthy, variants)
         assert result.failed == 0, f"{step}: {result.summary()}"
         placed = ha.running_on("node1", ha.MODEL_SERVICE)
         figures[step]["placement"] = placed
-        # Every replica runs, on more than one node. Swarm does not promise one per node first here: in a CI run
-        # a scale-up within a start-first update placed 2 + 2 + 0 (the old tasks still counted on their nodes).
-        assert len(placed) == expected and len(set(placed)) >= 2, f"{step}: {placed}"
+        # One per node first, the rest where there is room: 2 + 1 + 1 for 4 and 1 + 1 + 1 for 3 (a start-first
+        # update alone placed 2 + 2 + 0 in a CI run; the rollout evens it out afterwards).
+        per_node = [placed.count(node) for node in ("node1", "node2", "node3")]
+        assert len(placed) == expected and max(per_node) - min(per_node) <= 1, f"{step}: {placed}"
     # Back to 1.1.0 with `rollback`: its replica count and resources, from its image - not the running spec's.
     load = start_load("node1", seconds=30)
     time.sleep(3)
