@@ -65,17 +65,19 @@ demo: engine venv lab-up kit ## Bring up the lab, build the swarm, deploy the pl
 	@ansible -i inventory/lab leader -m ansible.builtin.command -a "docker service ls" | tail -n +2
 	@modelswarm deploy examples/models/iris -i inventory/lab
 	@modelswarm status -i inventory/lab
-	@addresses=$$(modelswarm lab status --json | python3 -c 'import json,sys; print(" ".join(n["address"] for n in json.load(sys.stdin)["nodes"].values()))'); \
-	 set -- $$addresses; \
+	@addresses=$$(modelswarm lab status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["vip"], " ".join(n["address"] for n in s["nodes"].values()))'); \
+	 set -- $$addresses; vip=$$1; shift; \
 	 echo "demo: the platform runs on a three-manager swarm. The console, through NGINX on any node:"; \
 	 echo "        https://$$1/   https://$$2/   https://$$3/   (CA: .secrets/pki/ca.crt)"; \
+	 echo "      or through the floating VIP, held by one live node and moved when it dies: https://$$vip/"; \
+	 echo "        (which node holds it: curl -s http://$$vip/healthz)"; \
 	 echo "      sign in as admin with the password in .secrets/console-admin-password"; \
 	 echo "      a key to predict with (printed once, on the last line): modelswarm keys create alice"; \
-	 echo "      a prediction from the demo model, through any node, with a key:"; \
+	 echo "      a prediction from the demo model, through the VIP (or any node), with a key:"; \
 	 echo "        curl -s -X POST -H \"Authorization: Bearer \$$(cat .secrets/keys/controller-deploy.key)\" \\"; \
 	 echo "          -H 'Content-Type: application/json' \\"; \
 	 echo "          -d '{\"sepal_length\": 6.7, \"sepal_width\": 3.0, \"petal_length\": 5.2, \"petal_width\": 2.3}' \\"; \
-	 echo "          http://$$2/models/iris/predict"
+	 echo "          http://$$vip/models/iris/predict"
 	@echo "      inspect: make lab-status; remove: make down"
 
 .PHONY: down

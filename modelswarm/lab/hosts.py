@@ -97,7 +97,7 @@ class LabSettings:
             raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet!r} is not a network address: {exc}") from exc
         if net.version != 4 or net.prefixlen > 28:
             raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet}: give an IPv4 network of /28 or larger")
-        if self.first_host_octet + len(self.nodes) >= net.num_addresses - 1:
+        if self.first_host_octet < 2 or self.first_host_octet + len(self.nodes) >= net.num_addresses - 1:
             raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet} is too small for {len(self.nodes)} hosts")
         if not self.prefix.replace("-", "").isalnum():
             raise LabError(f"MODELSWARM_LAB_PREFIX={self.prefix!r}: use letters, digits and dashes only")
@@ -109,6 +109,12 @@ class LabSettings:
     @property
     def gateway(self) -> str:
         return str(ipaddress.ip_network(self.subnet)[1])
+
+    @property
+    def vip_address(self) -> str:
+        """The floating VIP (role vip): the address just below the first host's (.10 of the subnet; hosts .11 on).
+        inventory/lab/group_vars/all.yml states the same rule for Ansible (tests/unit/test_lab.py checks both)."""
+        return str(ipaddress.ip_address(self.address(self.nodes[0])) - 1)
 
     def address(self, node: str) -> str:
         return str(ipaddress.ip_network(self.subnet)[self.first_host_octet + self.nodes.index(node)])
@@ -602,6 +608,7 @@ def status(settings: LabSettings) -> dict[str, object]:
         "images": {tag: image_present(tag) for tag in (settings.base_image, settings.node_image)},
         "network": [n.name for n in client.networks.list(filters=selector)],
         "subnet": settings.subnet,
+        "vip": settings.vip_address,
         "nodes": nodes,
         "volumes": sorted(v.name for v in client.volumes.list(filters=selector)),
         "inventory": str(settings.inventory_file) if settings.inventory_file.exists() else None,

@@ -62,6 +62,7 @@ def test_addresses_follow_the_subnet(tmp_path):
     s = settings(tmp_path, subnet="10.77.0.0/24")
     assert [s.address(n) for n in s.nodes] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
     assert s.gateway == "10.77.0.1"
+    assert s.vip_address == "10.77.0.10"  # below the hosts
     assert s.container_name("node2") == "modelswarm-lab-node2"
 
 
@@ -140,6 +141,20 @@ def test_inventory_has_three_managers_and_one_leader_and_is_rewritten_only_on_ch
     assert children["managers"]["hosts"]["node2"]["ansible_host"] == "172.30.99.12"
     assert list(children["leader"]["hosts"]) == ["node1"]
     assert inventory["all"]["vars"]["ansible_ssh_private_key_file"] == str(key)
+
+
+@pytest.mark.parametrize("subnet", ["172.30.99.0/24", "10.77.0.0/16", "10.0.0.240/28"])
+def test_ansible_and_the_lab_agree_on_the_vip(tmp_path, subnet):
+    """inventory/lab/group_vars/all.yml and LabSettings.vip_address state one rule: just below the first host."""
+    import jinja2
+
+    s = settings(tmp_path, subnet=subnet)
+    group_vars = yaml.safe_load((lab.REPO_ROOT / "inventory" / "lab" / "group_vars" / "all.yml").read_text())
+    rendered = jinja2.Environment().from_string(group_vars["vip_address"]).render(
+        groups={"managers": list(s.nodes)}, hostvars={n: {"ansible_host": s.address(n)} for n in s.nodes}
+    )
+    assert rendered == s.vip_address
+    assert s.vip_address not in [s.address(n) for n in s.nodes] and s.vip_address != s.gateway
 
 
 def test_ssh_key_is_made_once(tmp_path):

@@ -99,6 +99,7 @@ HOSTS = {
             "docker_daemon_extra_options": {"log-opts": {"max-size": "50m"}, "live-restore": True},
             "firewall_cluster_peers": LAB_PEERS,
             "firewall_allow_esp": True,
+            "firewall_allow_vrrp": True,
         },
     },
     "el9-py312": {"facts": facts("RedHat", "9.4", "Plow", "3.12", "10.0.0.91")},
@@ -109,7 +110,7 @@ HOSTS = {
     },
     "ubuntu2204": {
         "facts": facts("Ubuntu", "22.04", "jammy", "3.10", "10.0.0.22"),
-        "vars": {"firewall_cluster_peers": LAB_PEERS, "firewall_allow_esp": True},
+        "vars": {"firewall_cluster_peers": LAB_PEERS, "firewall_allow_esp": True, "firewall_allow_vrrp": True},
     },
     "ubuntu2404": {
         "facts": facts("Ubuntu", "24.04", "noble", "3.12", "10.0.0.24"),
@@ -369,17 +370,21 @@ EXPECTED_BACKEND = {
 }
 
 
+def peer_protocols(host: str) -> list[str]:
+    settings = HOSTS[host].get("vars", {})
+    return [p for p in ("esp", "vrrp") if settings.get(f"firewall_allow_{p}", False)]
+
+
 @pytest.mark.parametrize("host", sorted(EXPECTED_BACKEND))
 def test_firewall_rule_set_per_os(matrix, host):
     firewall = rendered(matrix, host)["firewall"]
     peers = HOSTS[host].get("vars", {}).get("firewall_cluster_peers", list(MANAGERS.values()))
-    esp = HOSTS[host].get("vars", {}).get("firewall_allow_esp", False)
     assert firewall["backend"] == EXPECTED_BACKEND[host]
     assert firewall["rules"] == {
         "anywhere_tcp_ports": [22, 80, 443],
         "peers": peers,
         "peer_ports": SWARM_PORTS,
-        "peer_protocols": ["esp"] if esp else [],
+        "peer_protocols": peer_protocols(host),
     }
     assert firewall["firewalld_rich_rules"] == [rich_rule(peer) for peer in peers]
 
@@ -395,14 +400,14 @@ def test_ufw_profile_names_exactly_the_swarm_ports(matrix, host):
 
 
 @pytest.mark.parametrize("host", sorted(EXPECTED_BACKEND))
-def test_firewalld_service_holds_the_swarm_ports_and_esp_when_asked(matrix, host):
+def test_firewalld_service_holds_the_swarm_ports_and_esp_and_vrrp_when_asked(matrix, host):
     service = ET.fromstring(rendered(matrix, host)["firewall"]["firewalld_service"].encode())
     assert service.tag == "service"
     assert service.findtext("short") == "modelswarm-swarm"
     ports = [(port.get("port"), port.get("protocol")) for port in service.findall("port")]
     assert ports == [(str(item["port"]), item["proto"]) for item in SWARM_PORTS]
-    esp = HOSTS[host].get("vars", {}).get("firewall_allow_esp", False)
-    assert [protocol.get("value") for protocol in service.findall("protocol")] == (["esp"] if esp else [])
+    assert [protocol.get("value") for protocol in service.findall("protocol")] == peer_protocols(host)
+    assert ("VRRP" in service.findtext("description")) == ("vrrp" in peer_protocols(host))
 
 
 def test_ufw_comment_constants_match_their_text(matrix):
@@ -434,6 +439,19 @@ LEGACY = [f"{peer}||{proto}|{port}" for peer in LAB_PEERS[:2] for port, proto in
 )
 def test_ufw_rules_of_former_peers_are_found_for_removal(matrix, host, stale):
     assert sorted(rendered(matrix, host)["firewall"]["ufw_stale"]) == sorted(stale)
+
+
+@pytest.mark.parametrize(
+    ("host", "missing"),
+    [
+        # ESP and VRRP on, peers .11-.13; user.rules already holds ESP from .11 (and from .14, a former peer).
+        ("ubuntu2204", ["172.30.97.12||esp|any", "172.30.97.13||esp|any",
+                        *[f"172.30.97.{n}||vrrp|any" for n in (11, 12, 13)]]),
+        ("ubuntu2404", []),  # neither asked for
+    ],
+)  # fmt: skip
+def test_ufw_protocol_rules_already_there_are_not_asked_for_again(matrix, host, missing):
+    assert sorted(rendered(matrix, host)["firewall"]["ufw_missing_protocol_rules"]) == sorted(missing)
 
 
 @pytest.mark.parametrize(
