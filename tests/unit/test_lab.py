@@ -150,8 +150,10 @@ def test_ansible_and_the_lab_agree_on_the_vip(tmp_path, subnet):
 
     s = settings(tmp_path, subnet=subnet)
     group_vars = yaml.safe_load((lab.REPO_ROOT / "inventory" / "lab" / "group_vars" / "all.yml").read_text())
-    rendered = jinja2.Environment().from_string(group_vars["vip_address"]).render(
-        groups={"managers": list(s.nodes)}, hostvars={n: {"ansible_host": s.address(n)} for n in s.nodes}
+    rendered = (
+        jinja2.Environment()
+        .from_string(group_vars["vip_address"])
+        .render(groups={"managers": list(s.nodes)}, hostvars={n: {"ansible_host": s.address(n)} for n in s.nodes})
     )
     assert rendered == s.vip_address
     assert s.vip_address not in [s.address(n) for n in s.nodes] and s.vip_address != s.gateway
