@@ -37,6 +37,24 @@ def power_on(node: str) -> None:
     lab_container(node).start()
 
 
+def diagnose(node: str) -> str:
+    """What a lab host that does not come back says of itself (through the build host's Docker, not SSH): its
+    container state, its Docker engine's unit and last log lines, its swarm view. For a failed wait's message."""
+    try:
+        container = lab_container(node)
+        lines = [f"--- {node}: container {container.status}"]
+        for command in (
+            "systemctl is-active docker containerd keepalived",
+            "journalctl -u docker --no-pager -n 40 -o cat",
+            "docker info --format 'swarm {{.Swarm.LocalNodeState}} {{.Swarm.Error}}'",
+        ):
+            code, output = container.exec_run(["sh", "-c", command])
+            lines.append(f"$ {command} (exit {code})\n{output.decode(errors='replace')[-4000:]}")
+        return "\n".join(lines)
+    except docker.errors.DockerException as exc:
+        return f"--- {node}: cannot be inspected: {exc}"
+
+
 def wait_for(what: str, probe: Callable[[], object], timeout: float, interval: float = 1.0):
     """Call probe() until it returns something truthy; return (value, seconds). Fails after `timeout` seconds."""
     started, last = time.monotonic(), None

@@ -448,13 +448,14 @@ def vip_holder(vip: str, timeout: float = 2) -> str:
 
 
 def test_5b_the_vip_moves_to_a_live_node_when_its_holder_dies(healthy):
-    """Load through the VIP only; its holder is hard-stopped. Requests in flight on the dead node (at most one per
-    client connection) may fail and are counted; every other request is answered, and the VIP stays where it moved
-    when the old holder comes back (nopreempt: one move per failure)."""
+    """Load through the VIP only; its holder is hard-stopped. What is sent while no live node holds the VIP (in flight
+    on the dead node, or dialled before the move) may fail: those are counted and reported, and they are at most what
+    the load sends in that window (plus a second). The VIP stays where it moved when the old holder comes back
+    (nopreempt: one move per failure)."""
     vip = LabSettings.from_env().vip_address
     holder = vip_holder(vip)
-    concurrency = 4
-    load = start_load(holder, seconds=40, concurrency=concurrency, address=vip)
+    rate = 40
+    load = start_load(holder, seconds=40, rate=rate, address=vip)
     time.sleep(5)
     ha.hard_stop(holder)
 
@@ -464,15 +465,25 @@ def test_5b_the_vip_moves_to_a_live_node_when_its_holder_dies(healthy):
 
     new_holder, took = ha.wait_for("the VIP on another node", moved, timeout=30, interval=0.1)
     result = load.result()
+
+    # As in case 1, the host is powered on once the swarm has moved its work: the model on 2 other nodes.
+    def two_replicas_without_the_holder():
+        nodes = ha.running_on(new_holder, ha.MODEL_SERVICE)
+        return len(nodes) == 2 and holder not in nodes
+
+    ha.wait_for(f"{ha.MODEL_SERVICE} back on 2 other nodes", two_replicas_without_the_holder, 120)
     ha.power_on(holder)
-    back = ha.wait_healthy(new_holder)
+    try:
+        back = ha.wait_healthy(new_holder)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{ha.diagnose(holder)}") from exc
     stays = vip_holder(vip)
     RESULTS["5b VIP holder hard-stopped"] = {
         "holder": holder, "new_holder": new_holder, "seconds_until_the_vip_answered_from_another_node": round(took, 2),
         **load_figures(result), "seconds_until_healthy_after_power_on": round(back, 1), "holder_after_return": stays,
     }  # fmt: skip
     assert new_holder != holder and stays == new_holder
-    assert result.failed <= concurrency, result.summary()
+    assert result.failed <= rate * (took + 1), result.summary()
 
 
 def test_6_losing_two_managers_loses_quorum_and_the_recovery_playbook_restores_three(healthy):
