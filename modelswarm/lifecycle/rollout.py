@@ -275,12 +275,13 @@ def wait(
     return "failed", f"timed out after {timeout:.0f}s waiting for the rollout ({last})"
 
 
-def placement(client: docker.DockerClient, service_id: str) -> dict[str, int]:
+def placement(client: docker.DockerClient, service_id: str, nodes: list | None = None) -> dict[str, int]:
     """Node ID -> running tasks of the service, for every node that can take a task now (ready and active; a
-    node without a task counts 0). A task on a node that cannot take one is not counted: swarm moves it."""
+    node without a task counts 0). A task on a node that cannot take one is not counted: swarm moves it.
+    `nodes`: the swarm's nodes if the caller has listed them already."""
     eligible = [
         node.id
-        for node in client.nodes.list()
+        for node in (client.nodes.list() if nodes is None else nodes)
         if node.attrs["Status"].get("State") == "ready" and node.attrs["Spec"].get("Availability") == "active"
     ]
     counts = dict.fromkeys(eligible, 0)
@@ -313,11 +314,12 @@ def rebalance(
     """Even out an uneven placement: scale down by `excess` (swarm takes those from the crowded nodes), wait, scale
     back up (swarm puts them on the emptiest nodes), wait. The rest keep serving all along; the spec is otherwise
     untouched. Returns what was done, in words, or None when the placement was already even."""
-    counts = placement(client, service_id)
+    nodes = client.nodes.list()
+    counts = placement(client, service_id, nodes)
     extra = excess(counts)
     if not extra or len(counts) < 2:
         return None
-    names = {node.id: node.attrs["Description"].get("Hostname", node.id[:12]) for node in client.nodes.list()}
+    names = {node.id: node.attrs["Description"].get("Hostname", node.id[:12]) for node in nodes}
     before = shape(counts, names)
     report(f"placement uneven ({before}): scaling {replicas} -> {replicas - extra} -> {replicas} to spread it")
     for count in (replicas - extra, replicas):
@@ -327,7 +329,7 @@ def rebalance(
         ))  # fmt: skip
         if result != "succeeded":
             return f"placement left uneven ({before}): {message}"
-    return f"placement evened out: {before} -> {shape(placement(client, service_id), names)}"
+    return f"placement evened out: {before} -> {shape(placement(client, service_id, nodes), names)}"
 
 
 def example_failure(chunks) -> str | None:
