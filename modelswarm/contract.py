@@ -165,6 +165,7 @@ ANSIBLE_VARS: dict[str, object] = {
     "modelswarm_model_uid": MODEL_UID,
     "modelswarm_default_queue_timeout": DEFAULT_QUEUE_TIMEOUT,
     "modelswarm_queue_timeout_label": LABEL_QUEUE_TIMEOUT,
+    "modelswarm_model_label": LABEL_MODEL,
 }
 
 ANSIBLE_VARS_FILE = Path("playbooks/group_vars/all/contract.yml")

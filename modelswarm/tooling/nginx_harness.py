@@ -38,6 +38,11 @@ REPO = Path(__file__).resolve().parents[2]
 ROLE = REPO / "roles" / "platform"
 AUTH_JS = ROLE / "files" / "nginx" / "modelswarm_auth.js"
 WAIT_JS = ROLE / "files" / "nginx" / "modelswarm_wait.js"
+REPLICAS_JS = ROLE / "files" / "nginx" / "modelswarm_replicas.js"
+# What the entrypoint writes before NGINX starts (no model replica checked yet).
+NO_REPLICAS = (
+    '# modelswarm model replicas: none checked yet\nmap $model $modelswarm_model_upstream {\n    default "";\n}\n'
+)
 NGINX = "/usr/sbin/nginx"
 JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 
@@ -181,12 +186,27 @@ class _Services(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        name = self.path.rsplit("/", 1)[-1]
-        labels = self.server.services.get(name) if self.path.startswith("/services/") else None
-        status, document = (200, {"Spec": {"Name": name, "Labels": labels}}) if labels is not None else (404, {})
-        if not labels and labels is not None:
-            document["Spec"]["Labels"] = {}
-        payload = json.dumps(document or {"message": f"service {name} not found"}).encode()
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(self.path)
+        filters = json.loads(parse_qs(url.query).get("filters", ["{}"])[0])
+        services = self.server.services
+        if self.server.down:
+            status, document = 503, {"message": "rpc error: code = Unknown desc = The swarm does not have a leader"}
+        elif url.path == "/services":
+            wanted = filters.get("label", [])
+            status, document = 200, [
+                {"ID": f"id-{name}", "Spec": {"Name": name, "Labels": labels}}
+                for name, labels in services.items() if all(key in labels for key in wanted)
+            ]  # fmt: skip
+        elif url.path == "/tasks":
+            status, document = 200, list(self.server.tasks)
+        elif url.path.startswith("/services/") and url.path.rsplit("/", 1)[-1] in services:
+            name = url.path.rsplit("/", 1)[-1]
+            status, document = 200, {"ID": f"id-{name}", "Spec": {"Name": name, "Labels": services[name]}}
+        else:
+            status, document = 404, {"message": f"{url.path} not found"}
+        payload = json.dumps(document).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -198,12 +218,15 @@ class _Services(BaseHTTPRequestHandler):
 
 
 class StubDockerApi(_LoopbackHTTP):
-    """The Docker API proxy as NGINX asks it: GET /services/<name> -> 200 with the service's labels for the names in
-    `services` (a dict name -> labels, changeable while it runs), 404 for any other."""
+    """The Docker API proxy as NGINX asks it. `services`: name -> labels (changeable while it runs), served as
+    GET /services (filtered by label key), GET /services/<name> (404 for any other name), each with ID "id-<name>";
+    `tasks`: the list GET /tasks answers (as the test sets it); `down`: every answer is 503 (quorum lost)."""
 
     def __init__(self, services: dict[str, dict[str, str]] | None = None) -> None:
         super().__init__(_Services)
         self.server.services = services if services is not None else {}
+        self.server.tasks = []
+        self.server.down = False
         self.services = self.server.services
 
 
@@ -375,6 +398,10 @@ class HostNginx:
         self.grants_file.write_text(grants)
         shutil.copyfile(AUTH_JS, root / "modelswarm_auth.js")
         shutil.copyfile(WAIT_JS, root / "modelswarm_wait.js")
+        shutil.copyfile(REPLICAS_JS, root / "modelswarm_replicas.js")
+        self.replicas_file = root / "replicas.conf"
+        self.replicas_file.write_text(NO_REPLICAS)
+        self.control_port = free_port()
         self._certificate()
         paths = {
             **role_vars()["_platform_nginx"],
@@ -391,6 +418,9 @@ class HostNginx:
             "js_module": str(JS_MODULE),
             "auth_js": str(root / "modelswarm_auth.js"),
             "wait_js": str(root / "modelswarm_wait.js"),
+            "replicas_js": str(root / "modelswarm_replicas.js"),
+            "replicas_file": str(self.replicas_file),
+            "control_port": self.control_port,
             "docker_api_host": "127.0.0.1",
             "grants_dir": str(self.grants_file.parent),
             "grants_file": str(self.grants_file),
@@ -497,6 +527,10 @@ class HostNginx:
         else:
             connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10, source_address=(source, 0))
         return exchange(connection, method, path, headers, body)
+
+    def request_to(self, port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        """One request to another of NGINX's loopback listeners (e.g. the replicas check on control_port)."""
+        return exchange(http.client.HTTPConnection("127.0.0.1", port, timeout=10), method, path, None, None)
 
     def raw(self, data: bytes, source: str = "127.0.0.1") -> tuple[int, dict[str, str], bytes]:
         """Send `data` as it is (a request with any bytes in it) and read the answer until NGINX closes."""

@@ -425,6 +425,25 @@ def test_4d_a_request_waits_while_the_model_has_no_replica_then_503_after_its_qu
         manager.check_output(f"docker service scale --detach {ha.MODEL_SERVICE}=2")
 
 
+def test_4e_a_frozen_replica_fails_no_request(healthy):
+    """A gray failure: one of the two replicas accepts connections but never answers (docker pause), for 60 s under
+    load from 4 clients. Every node's NGINX stops sending it requests once its /health does not answer (and swarm
+    replaces it once its health check fails); requests caught on it are answered by the other replica."""
+    victim = ha.running_on("node1", ha.MODEL_SERVICE)[0]
+    via = next(n for n in ha.NODES if n != victim)
+    target = ha.host(victim)
+    (container,) = target.check_output(
+        f"docker ps -q --filter label=com.docker.swarm.service.name={ha.MODEL_SERVICE}"
+    ).split()
+    load = start_load(via, seconds=60, rate=20, concurrency=4)
+    time.sleep(3)
+    target.check_output(f"docker pause {container}")
+    result = load.result()
+    target.run(f"docker unpause {container}")  # if swarm has not replaced it already
+    RESULTS["4e one replica frozen for 60 s"] = {"victim": victim, "via": via, **load_figures(result)}
+    assert result.failed == 0, result.summary()
+
+
 def test_5_docker_restart_on_one_node_recovers_by_itself(healthy):
     victim = ha.running_on("node1", ha.MODEL_SERVICE)[-1]
     via = next(n for n in ha.NODES if n != victim)
