@@ -402,6 +402,12 @@ class HostNginx:
         self.replicas_file = root / "replicas.conf"
         self.replicas_file.write_text(NO_REPLICAS)
         self.control_port = free_port()
+        # The replica router's socket: a short path (a Unix socket's path has at most 107 bytes; tmp_path is long).
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="msr-"))
+        self.socket_dir.chmod(0o755)  # NGINX's workers (not root) connect to it
+        self.router_conf = root / "router.conf"
+        self.router_error_log = root / "router-error.log"
+        self.router: subprocess.Popen | None = None
         self._certificate()
         paths = {
             **role_vars()["_platform_nginx"],
@@ -420,6 +426,9 @@ class HostNginx:
             "wait_js": str(root / "modelswarm_wait.js"),
             "replicas_js": str(root / "modelswarm_replicas.js"),
             "replicas_file": str(self.replicas_file),
+            "router_conf": str(self.router_conf),
+            "router_socket": str(self.socket_dir / "router.sock"),
+            "router_pid": str(root / "router.pid"),
             "control_port": self.control_port,
             "docker_api_host": "127.0.0.1",
             "grants_dir": str(self.grants_file.parent),
@@ -445,6 +454,7 @@ class HostNginx:
             assert text.endswith("\n}\n")
             text = text[: -len("}\n")] + extra_http + "\n}\n"
         self.conf.write_text(text)
+        self.router_conf.write_text(render("nginx-router.conf.j2", self.variables))
 
     def _certificate(self) -> None:
         subprocess.run(
@@ -463,6 +473,19 @@ class HostNginx:
         )  # fmt: skip
 
     def start(self) -> HostNginx:
+        """The replica router, then NGINX (as the entrypoint starts them)."""
+        socket_path = Path(self.variables["_platform_nginx"]["router_socket"])
+        self.router = subprocess.Popen(
+            [NGINX, "-e", str(self.router_error_log), "-c", str(self.router_conf), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: self.router.poll() is not None or socket_path.is_socket(), 10, "the replica router")
+            if self.router.poll() is not None:
+                raise RuntimeError(f"the replica router exited ({self.router.returncode}): {self.router_errors()}")
+        except BaseException:
+            self.stop()
+            raise
         _run_nginx(self, self.http_port, "nginx listening")
         try:
             wait_for(lambda: _port_open(self.https_port), 10, "nginx listening on https")
@@ -473,8 +496,10 @@ class HostNginx:
 
     def stop(self) -> None:
         terminate(self.process)
+        terminate(self.router)
         if self.dns._thread.is_alive():
             self.dns.__exit__()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def __enter__(self) -> HostNginx:
         return self.start()
@@ -492,6 +517,19 @@ class HostNginx:
         old = _children(self.process.pid)
         self.process.send_signal(signal.SIGHUP)
         wait_for(lambda: not (old & _children(self.process.pid)) and _children(self.process.pid), 10, "nginx reload")
+
+    def reload_router(self, replicas: str) -> None:
+        """A new replicas include for the router, then SIGHUP to it; returns once its old workers are gone."""
+        assert self.router is not None and self.router.poll() is None
+        temporary = self.replicas_file.with_suffix(".new")
+        temporary.write_text(replicas)
+        os.replace(temporary, self.replicas_file)
+        old = _children(self.router.pid)
+        self.router.send_signal(signal.SIGHUP)
+        wait_for(lambda: not (old & _children(self.router.pid)) and _children(self.router.pid), 10, "router reload")
+
+    def router_errors(self) -> str:
+        return self.router_error_log.read_text(errors="replace")[-2000:] if self.router_error_log.exists() else ""
 
     def entrypoint(self, url: str, interval: float) -> Path:
         """The role's NGINX entrypoint for this configuration (not started), polling `url` every `interval` s."""

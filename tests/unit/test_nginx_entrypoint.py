@@ -117,7 +117,13 @@ class Entrypoint:
         return self.process.wait(timeout=15)
 
     def nginx_pids(self) -> set[int]:
+        """The NGINX masters the entrypoint runs: the front one and the replica router."""
         return {pid for pid in harness._children(self.process.pid) if _comm(pid) == "nginx"}
+
+    def master(self, conf: Path) -> int:
+        """The NGINX master running `conf` (the server's conf or router_conf)."""
+        (pid,) = [pid for pid in self.nginx_pids() if str(conf) in _cmdline(pid)]
+        return pid
 
     def version(self) -> int | None:
         try:
@@ -135,6 +141,13 @@ class Entrypoint:
 
     def lines(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.startswith("modelswarm-grants:")]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def _comm(pid: int) -> str:
@@ -278,7 +291,7 @@ def test_an_unusable_grants_file_on_the_node_is_replaced_by_deny_all(node, keys,
 def test_a_signal_stops_nginx_and_the_entrypoint_exits_with_it(node, keys, sig, unused_tcp_port):
     with Entrypoint(node, f"http://127.0.0.1:{unused_tcp_port}/internal/grants") as entry:
         masters = entry.nginx_pids()
-        assert len(masters) == 1
+        assert masters == {entry.master(node.conf), entry.master(node.router_conf)}
         started = time.monotonic()
         assert entry.stop(sig) == 0
         assert time.monotonic() - started < 5
@@ -287,14 +300,32 @@ def test_a_signal_stops_nginx_and_the_entrypoint_exits_with_it(node, keys, sig, 
 
 def test_the_entrypoint_exits_when_nginx_dies(node, unused_tcp_port):
     with Entrypoint(node, f"http://127.0.0.1:{unused_tcp_port}/internal/grants") as entry:
-        (master,) = entry.nginx_pids()
+        master, router = entry.master(node.conf), entry.master(node.router_conf)
         workers = harness._children(master)
         try:
             os.kill(master, signal.SIGKILL)
             assert entry.process.wait(timeout=10) == 128 + signal.SIGKILL
+            harness.wait_for(lambda: _comm(router) != "nginx", 5, "the replica router stopped too")
         finally:
             # A killed master leaves its workers behind (in a container, the container's end takes them along).
             for pid in workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             harness.wait_for(lambda: not any(_comm(pid) == "nginx" for pid in workers), 5, "workers gone")
+
+
+def test_the_entrypoint_stops_nginx_and_fails_when_the_replica_router_dies(node, unused_tcp_port):
+    """Without its router, NGINX would fail every model request on this node: the container ends (status 1) so
+    that swarm starts a new one."""
+    with Entrypoint(node, f"http://127.0.0.1:{unused_tcp_port}/internal/grants") as entry:
+        master, router = entry.master(node.conf), entry.master(node.router_conf)
+        workers = harness._children(router)
+        try:
+            os.kill(router, signal.SIGKILL)
+            assert entry.process.wait(timeout=15) == 1
+            harness.wait_for(lambda: _comm(master) != "nginx", 5, "NGINX stopped")
+        finally:
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert any("the replica router stopped" in line for line in entry.lines())

@@ -197,8 +197,7 @@ def test_requests_caught_on_a_replica_that_hangs_are_answered_by_another(lab):
     sends it few, as its stuck requests count against it."""
     nginx, _, replicas = lab
     with nginx:
-        nginx.replicas_file.write_text(checked(nginx)[1])
-        nginx.reload()
+        nginx.reload_router(checked(nginx)[1])
         replicas[1].frozen.set()
         results = []
         threads = [threading.Thread(target=lambda: results.extend(predictions(nginx, 6))) for _ in range(4)]
