@@ -432,9 +432,9 @@ def test_4e_a_frozen_replica_fails_no_request(healthy):
     victim = ha.running_on("node1", ha.MODEL_SERVICE)[0]
     via = next(n for n in ha.NODES if n != victim)
     target = ha.host(victim)
-    (container,) = target.check_output(
+    container = target.check_output(
         f"docker ps -q --filter label=com.docker.swarm.service.name={ha.MODEL_SERVICE}"
-    ).split()
+    ).split()[0]
     load = start_load(via, seconds=60, rate=20, concurrency=4)
     time.sleep(3)
     target.check_output(f"docker pause {container}")
