@@ -284,10 +284,10 @@ def bench_rollout() -> None:
     record("rollout", version_bump_s=round(bump, 1), noop_deploy_s=round(noop, 1))
 
 
-def _unchecked_location(upstream_port: int) -> str:
-    """The model route exactly as the role renders it, under /_unchecked/ (no Promote user name starts with "_")
-    and without the key check: the `if` that sends failed checks away and the key-name header (all that runs njs)."""
-    text = nginx_harness.render("nginx.conf.j2", nginx_harness.role_vars(modelswarm_model_port=upstream_port))
+def _unchecked_location(text: str) -> str:
+    """The model route exactly as the role renders it (`text`: the server's nginx.conf), under /_unchecked/ (no
+    Promote user name starts with "_") and without the key check: the `if` that sends failed checks away and the
+    key-name header (all that runs njs)."""
     start = text.index('    location ~ "^/models/(?<model>')
     start = text.index('    location ~ "^/models/(?<model>', start + 1)  # the second: the route, not the redirect
     block = text[start : text.index("\n    }\n", start) + len("\n    }")]
@@ -333,11 +333,14 @@ def bench_auth(requests: int = 20000) -> None:
     )
     with tempfile.TemporaryDirectory() as tmp, nginx_harness.HostNginx(
         Path(tmp), grants=grants, upstream_port=upstream_port, models=["iris"],
-        extra_locations=_unchecked_location(upstream_port), extra_http=fast_upstream,
+        extra_locations=_unchecked_location, extra_http=fast_upstream,
     ) as server:  # fmt: skip
         paths = {"checked": "/models/iris/predict", "unchecked": "/_unchecked/models/iris/predict"}
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         connections = {name: http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10) for name in paths}
+        # The NGINX hop: the same upstream called directly (the stand-in replica), in the same rotation.
+        paths["direct"] = "/predict"
+        connections["direct"] = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=10)
         latencies: dict[str, list[float]] = {name: [] for name in paths}
 
         def once(name: str) -> float:
@@ -350,11 +353,11 @@ def bench_auth(requests: int = 20000) -> None:
                 raise SystemExit(f"{paths[name]}: HTTP {response.status}")
             return took
 
-        for _ in range(1000):  # warm up both
-            once("checked"), once("unchecked")
-        # One client, one request at a time, alternating (ABBA): both locations see the same moments of the machine.
+        for _ in range(1000):  # warm up all three
+            once("checked"), once("unchecked"), once("direct")
+        # One client, one request at a time, alternating (ABC CBA): the paths see the same moments of the machine.
         for i in range(requests):
-            for name in ("checked", "unchecked") if i % 2 == 0 else ("unchecked", "checked"):
+            for name in ("checked", "unchecked", "direct") if i % 2 == 0 else ("direct", "unchecked", "checked"):
                 latencies[name].append(once(name))
         for connection in connections.values():
             connection.close()
@@ -364,17 +367,23 @@ def bench_auth(requests: int = 20000) -> None:
             figures[f"{name}_p50_ms"], figures[f"{name}_p99_ms"] = round(p50, 3), round(p99, 3)
         figures["added_p50_ms"] = round(figures["checked_p50_ms"] - figures["unchecked_p50_ms"], 3)
         figures["added_p99_ms"] = round(figures["checked_p99_ms"] - figures["unchecked_p99_ms"], 3)
+        direct_p50, direct_p99 = figures.pop("direct_p50_ms"), figures.pop("direct_p99_ms")
         record("key checks, one client", requests_each=requests, **figures)
+        # Everything NGINX does for a prediction (TLS aside): the key check, the front NGINX and the replica router.
+        record("nginx hop, loopback, one client", direct_p50_ms=direct_p50, direct_p99_ms=direct_p99,
+               via_nginx_p50_ms=figures["checked_p50_ms"], via_nginx_p99_ms=figures["checked_p99_ms"],
+               overhead_p50_ms=round(figures["checked_p50_ms"] - direct_p50, 3),
+               overhead_p99_ms=round(figures["checked_p99_ms"] - direct_p99, 3))  # fmt: skip
 
         if shutil.which("hey"):
             # Under load: 4 concurrent clients, rounds alternating between the locations (hey takes one URL).
-            loaded: dict[str, list[float]] = {name: [] for name in paths}
+            loaded: dict[str, list[float]] = {name: [] for name in ("checked", "unchecked")}
             for round_ in range(6):
                 for name in ("checked", "unchecked") if round_ % 2 == 0 else ("unchecked", "checked"):
                     url = f"http://127.0.0.1:{server.http_port}{paths[name]}"
                     loaded[name] += _hey_latencies(url, key, max(requests // 24 * 4, 100), 4)
             figures = {}
-            for name in paths:
+            for name in ("checked", "unchecked"):
                 p50, p99 = _percentiles(loaded[name])
                 figures[f"{name}_p50_ms"], figures[f"{name}_p99_ms"] = round(p50, 2), round(p99, 2)
             record("key checks, 4 clients (hey)", requests_each=len(loaded["checked"]), **figures)

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -367,8 +367,8 @@ class HostNginx:
     add or remove one): each, and the console, is the stub upstream on `upstream_port`. `docker_api_port`: where
     the Docker API proxy answers (a StubDockerApi; default: a port nothing listens on). `settings`: role variables
     to set (e.g. platform_nginx_auth_rate);
-    `extra_locations`: NGINX text added to the main server, `extra_http` to the http block (the benchmark's
-    unchecked location and its upstream).
+    `extra_locations`: NGINX text added to the main server (or a function of the rendered configuration that
+    gives it), `extra_http` to the http block (the benchmark's unchecked location and its upstream).
     """
 
     def __init__(
@@ -379,7 +379,7 @@ class HostNginx:
         upstream_port: int,
         models: Iterable[str] = (),
         settings: dict | None = None,
-        extra_locations: str = "",
+        extra_locations: str | Callable[[str], str] = "",
         extra_http: str = "",
         docker_api_port: int | None = None,
     ) -> None:
@@ -446,6 +446,8 @@ class HostNginx:
             **(settings or {}),
         )
         text = render("nginx.conf.j2", self.variables)
+        if callable(extra_locations):  # made from this very configuration (e.g. a copy of one of its locations)
+            extra_locations = extra_locations(text)
         if extra_locations:
             marker = "    location / {\n      set $console_upstream"
             assert text.count(marker) == 1
