@@ -113,6 +113,10 @@ MAX_REPLICAS = 9
 DEFAULT_QUEUE_TIMEOUT = 30
 MAX_QUEUE_TIMEOUT = 300
 ROLLOUT_MONITOR_SECONDS = 10  # a new task must stay healthy this long before the next one is replaced
+# How long swarm waits before it starts a replica again (its process exited, or its node died and the replica is
+# rescheduled elsewhere). Swarm's own default is 5 s; each second here is a second longer without the replica after a
+# node dies, while a replica that crashes at once restarts once per this delay.
+REPLICA_RESTART_DELAY_SECONDS = 1
 STOP_GRACE_SECONDS = 30  # a stopping replica finishes its in-flight requests within this
 MAX_SECRET_BYTES = 500 * 1024  # swarm's limit for one secret's value
 

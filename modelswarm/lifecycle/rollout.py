@@ -195,7 +195,9 @@ def _service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersio
         "rollback_config": RollbackConfig(
             parallelism=1, delay=0, failure_action="pause", monitor=5 * SECOND, order="start-first"
         ),
-        "restart_policy": RestartPolicy(condition="any", delay=2 * SECOND, max_attempts=0),
+        "restart_policy": RestartPolicy(
+            condition="any", delay=contract.REPLICA_RESTART_DELAY_SECONDS * SECOND, max_attempts=0
+        ),
         "resources": resources(target),
         "user": f"{contract.MODEL_UID}:{contract.MODEL_UID}",
         "read_only": True,
