@@ -631,7 +631,11 @@ class RegistryGateway:
         _run_nginx(self, self.port, "gateway listening")
         return self
 
-    stop = HostNginx.stop
+    def stop(self) -> None:
+        terminate(self.process)
+        if self.dns._thread.is_alive():
+            self.dns.__exit__()
+
     errors = HostNginx.errors
 
     def __enter__(self) -> RegistryGateway:
