@@ -360,6 +360,21 @@ def _run_nginx(server, port: int, what: str) -> None:
         raise
 
 
+def _install(path: Path, text: str) -> None:
+    """`text` as `path`, replaced in one step (as the entrypoint moves a checked file into place)."""
+    temporary = path.with_suffix(".new")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _reload(master: subprocess.Popen | None, what: str) -> None:
+    """SIGHUP to a running NGINX master; returns once the workers that ran the old configuration are gone."""
+    assert master is not None and master.poll() is None
+    old = _children(master.pid)
+    master.send_signal(signal.SIGHUP)
+    wait_for(lambda: not (old & _children(master.pid)) and _children(master.pid), 10, what)
+
+
 class HostNginx:
     """The platform's nginx.conf (the role's template) on loopback, run by the host's nginx.
 
@@ -511,24 +526,14 @@ class HostNginx:
 
     def reload(self, grants: str | None = None) -> None:
         """New grants (if given), then SIGHUP; returns once the workers that ran the old configuration are gone."""
-        assert self.process is not None and self.process.poll() is None
         if grants is not None:
-            temporary = self.grants_file.with_suffix(".new")
-            temporary.write_text(grants)
-            os.replace(temporary, self.grants_file)
-        old = _children(self.process.pid)
-        self.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: not (old & _children(self.process.pid)) and _children(self.process.pid), 10, "nginx reload")
+            _install(self.grants_file, grants)
+        _reload(self.process, "nginx reload")
 
     def reload_router(self, replicas: str) -> None:
         """A new replicas include for the router, then SIGHUP to it; returns once its old workers are gone."""
-        assert self.router is not None and self.router.poll() is None
-        temporary = self.replicas_file.with_suffix(".new")
-        temporary.write_text(replicas)
-        os.replace(temporary, self.replicas_file)
-        old = _children(self.router.pid)
-        self.router.send_signal(signal.SIGHUP)
-        wait_for(lambda: not (old & _children(self.router.pid)) and _children(self.router.pid), 10, "router reload")
+        _install(self.replicas_file, replicas)
+        _reload(self.router, "router reload")
 
     def router_errors(self) -> str:
         return self.router_error_log.read_text(errors="replace")[-2000:] if self.router_error_log.exists() else ""
