@@ -1,7 +1,7 @@
 // The model replicas this node's NGINX sends predictions to, checked actively (njs; Debian's libnginx-mod-http-js
 // 0.7.9 or the upstream image's njs). Shipped as a swarm config; nginx.conf imports it as `modelswarm_replicas` and
 // serves `upstreams` on a loopback-only listener. The entrypoint asks it every second and, when the answer changes,
-// installs it as the include file of upstream groups and reloads NGINX.
+// installs it as the replica router's include file of upstream groups and reloads the router (nginx-router.conf).
 //
 // One answer:
 //   1. From the Docker API proxy (read-only, docker-api network): the model services (label io.modelswarm.model)
