@@ -38,6 +38,9 @@ LABEL_VERSION = "io.modelswarm.version"
 LABEL_SOURCE_HASH = "io.modelswarm.source-hash"
 LABEL_SPEC_HASH = "io.modelswarm.spec-hash"  # of a model service's whole spec: a redeploy that changes it is no no-op
 LABEL_QUEUE_TIMEOUT = "io.modelswarm.queue-timeout"  # on a model service: seconds a request waits for a replica
+LABEL_TIMEOUT = (
+    "io.modelswarm.timeout"  # on a model service: seconds a replica may take to answer (when the manifest sets it)
+)
 LABEL_PLATFORM = "io.modelswarm.platform"
 LABEL_SECRETS = "io.modelswarm.secrets"  # on a model image: the secret names its manifest declares, comma-separated
 # On a model image: how its manifest asks it to be served (replicas, resources, environment, secrets), as JSON;
@@ -112,6 +115,10 @@ MAX_REPLICAS = 9
 # and the most a manifest may ask. NGINX reads a service's value from LABEL_QUEUE_TIMEOUT.
 DEFAULT_QUEUE_TIMEOUT = 30
 MAX_QUEUE_TIMEOUT = 300
+# How long a replica may take to answer a request before NGINX sends it to another replica (seconds; the manifest's
+# timeout, when it sets one: else the platform's platform_nginx_prediction_timeout). At most 55 s: gunicorn stops a
+# worker that has been busy with one request for 60 s (the model image's --timeout).
+MAX_TIMEOUT = 55
 ROLLOUT_MONITOR_SECONDS = 10  # a new task must stay healthy this long before the next one is replaced
 # How long swarm waits before it starts a replica again (its process exited, or its node died and the replica is
 # rescheduled elsewhere). Swarm's own default is 5 s; each second here is a second longer without the replica after a
@@ -169,6 +176,8 @@ ANSIBLE_VARS: dict[str, object] = {
     "modelswarm_model_uid": MODEL_UID,
     "modelswarm_default_queue_timeout": DEFAULT_QUEUE_TIMEOUT,
     "modelswarm_queue_timeout_label": LABEL_QUEUE_TIMEOUT,
+    "modelswarm_timeout_label": LABEL_TIMEOUT,
+    "modelswarm_max_timeout": MAX_TIMEOUT,
     "modelswarm_model_label": LABEL_MODEL,
 }
 

@@ -18,6 +18,7 @@
     artifacts: [artifacts/weights.npz]
     examples: examples.json     # default examples.json: a JSON list of inputs, each one a valid request body
     queue_timeout: 30           # seconds a request waits while no replica can answer (then 503); 0-300
+    timeout: 20                 # seconds a replica may take to answer, then the next one; 1-55 (default: platform's)
 
 `load_bundle` checks everything before any build and raises BundleError with one message per problem.
 """
@@ -41,7 +42,7 @@ MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KNOWN_KEYS = {
     "name", "version", "entrypoint", "replicas", "resources", "environment", "secrets", "artifacts", "description",
-    "examples", "queue_timeout",
+    "examples", "queue_timeout", "timeout",
 }  # fmt: skip
 DEFAULT_EXAMPLES = "examples.json"
 MAX_EXAMPLES = 20  # every replica answers each one before it serves: a few cover the model, many slow the start
@@ -82,6 +83,7 @@ class Bundle:
     examples: str = DEFAULT_EXAMPLES  # the file of example inputs, relative to the bundle
     example_count: int = 0
     queue_timeout: int = contract.DEFAULT_QUEUE_TIMEOUT
+    timeout: int | None = None  # None: the platform's prediction timeout
 
     @property
     def service(self) -> str:
@@ -104,6 +106,7 @@ class Bundle:
             "environment": dict(sorted(self.environment.items())),
             "secrets": list(self.secrets),
             "queue_timeout": self.queue_timeout,
+            **({"timeout": self.timeout} if self.timeout is not None else {}),
         }
 
     def source_hash(self) -> str:
@@ -309,6 +312,14 @@ def load_bundle(path: str | Path) -> Bundle:
             f"queue_timeout {queue_timeout!r}: whole seconds from 0 to {contract.MAX_QUEUE_TIMEOUT} that a request "
             "waits while the model has no replica that can answer (0: answer 503 at once)"
         )
+    timeout = manifest.get("timeout")
+    if timeout is not None and (
+        not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= contract.MAX_TIMEOUT
+    ):
+        problems.append(
+            f"timeout {timeout!r}: whole seconds from 1 to {contract.MAX_TIMEOUT} that a replica may take to answer "
+            "before NGINX sends the request to another replica (leave it out for the platform's default)"
+        )
 
     if problems:
         raise BundleError(root, problems)
@@ -328,4 +339,5 @@ def load_bundle(path: str | Path) -> Bundle:
         examples=examples,
         example_count=example_count,
         queue_timeout=queue_timeout,
+        timeout=timeout,
     )

@@ -51,6 +51,7 @@ class Target:
     environment: dict[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()  # names the model declares; the newest version of each is mounted
     queue_timeout: int = contract.DEFAULT_QUEUE_TIMEOUT  # seconds NGINX holds a request while no replica answers
+    timeout: int | None = None  # seconds a replica may take to answer; None: the platform's default
     network: str = contract.MODELS_NETWORK
     endpoint_mode: str = "dnsrr"
     monitor_seconds: int = contract.ROLLOUT_MONITOR_SECONDS
@@ -92,6 +93,7 @@ class Target:
             environment=dict(serving.get("environment") or {}),
             secrets=tuple(serving.get("secrets") or ()),
             queue_timeout=int(serving.get("queue_timeout", contract.DEFAULT_QUEUE_TIMEOUT)),
+            timeout=int(serving["timeout"]) if serving.get("timeout") is not None else None,
             network=network,
             endpoint_mode=endpoint_mode,
         )
@@ -174,6 +176,8 @@ def _service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersio
             LABEL_VERSION: target.version,
             LABEL_SOURCE_HASH: target.source_hash,
             contract.LABEL_QUEUE_TIMEOUT: str(target.queue_timeout),  # NGINX reads it (modelswarm_wait.js)
+            # NGINX's replica check reads it (modelswarm_replicas.js: the model's own route in the replica router).
+            **({contract.LABEL_TIMEOUT: str(target.timeout)} if target.timeout is not None else {}),
         },
         "container_labels": {LABEL_MODEL: target.name, LABEL_VERSION: target.version},
         "env": [f"{k}={v}" for k, v in sorted(target.environment.items())] + [f"MODELSWARM_IMAGE={target.image}"],

@@ -43,6 +43,7 @@ REPLICAS_JS = ROLE / "files" / "nginx" / "modelswarm_replicas.js"
 NO_REPLICAS = (
     '# modelswarm model replicas: none checked yet\nmap $model $modelswarm_model_upstream {\n    default "";\n}\n'
 )
+NO_ROUTES = "# modelswarm model routes: none yet\n"
 NGINX = "/usr/sbin/nginx"
 JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 
@@ -444,6 +445,8 @@ class HostNginx:
             "router_conf": str(self.router_conf),
             "router_socket": str(self.socket_dir / "router.sock"),
             "router_pid": str(root / "router.pid"),
+            "router_route": str(root / "router-route.conf"),
+            "routes_file": str(root / "routes.conf"),
             "control_port": self.control_port,
             "docker_api_host": "127.0.0.1",
             "grants_dir": str(self.grants_file.parent),
@@ -472,6 +475,9 @@ class HostNginx:
             text = text[: -len("}\n")] + extra_http + "\n}\n"
         self.conf.write_text(text)
         self.router_conf.write_text(render("nginx-router.conf.j2", self.variables))
+        (root / "router-route.conf").write_text(render("nginx-router-route.conf.j2", self.variables))
+        self.routes_file = root / "routes.conf"
+        self.routes_file.write_text(NO_ROUTES)
 
     def _certificate(self) -> None:
         subprocess.run(
@@ -531,8 +537,12 @@ class HostNginx:
         _reload(self.process, "nginx reload")
 
     def reload_router(self, replicas: str) -> None:
-        """A new replicas include for the router, then SIGHUP to it; returns once its old workers are gone."""
-        _install(self.replicas_file, replicas)
+        """A new answer of the replica check installed as the entrypoint does (the upstreams and the models' own
+        routes), then SIGHUP to the router; returns once its old workers are gone."""
+        marker = "# modelswarm model routes: "
+        upstreams, _, routes = replicas.partition(marker)
+        _install(self.replicas_file, upstreams)
+        _install(self.routes_file, marker + routes if routes else NO_ROUTES)
         _reload(self.router, "router reload")
 
     def router_errors(self) -> str:

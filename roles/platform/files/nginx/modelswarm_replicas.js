@@ -11,7 +11,8 @@
 //      listed; NGINX still takes one out by itself for fail_timeout after a failed request (max_fails=1), and
 //      least_conn sends new requests to the replica with the fewest in flight, so one that hangs collects few.
 //   3. The text: one `upstream modelswarm_model_<name>` per model with at least one healthy replica, and the map
-//      from $model to its group. A model without one is not in the map: its requests resolve its name through
+//      from $model to its group; then, after the line "# modelswarm model routes", the router's locations of the
+//      models whose service has a timeout of its own (label io.modelswarm.timeout, from the manifest's timeout). A model without one is not in the map: its requests resolve its name through
 //      Docker's DNS as before, and wait for a replica when none answers (modelswarm_wait.js).
 // When the Docker API does not answer (quorum lost, proxy restarting), the answer is 503 and the entrypoint keeps
 // the file it has.
@@ -44,14 +45,23 @@ async function replicas(r) {
     var label = r.variables.modelswarm_model_label;
     var network = r.variables.modelswarm_models_network;
     var valid = new RegExp('^(' + r.variables.modelswarm_model_name_pattern + ')$');  // the contract's rule
+    var maxTimeout = Number(r.variables.modelswarm_max_timeout);
+    var timeoutLabel = r.variables.modelswarm_timeout_label;
     var services = await getJson(api + '/services?filters=' + toQuery({label: [label]}));
     var models = {};
     var byService = {};
+    var timeouts = {};
     for (var i = 0; i < services.length; i++) {
-        var name = ((services[i].Spec || {}).Labels || {})[label];
+        var labels = (services[i].Spec || {}).Labels || {};
+        var name = labels[label];
         if (valid.test(name || '')) {
             byService[services[i].ID] = name;
             models[name] = [];
+            // The model's own timeout (whole seconds, the contract's range); anything else: the platform's.
+            var seconds = Number(labels[timeoutLabel]);
+            if (/^[0-9]{1,2}$/.test(labels[timeoutLabel] || '') && seconds >= 1 && seconds <= maxTimeout) {
+                timeouts[name] = seconds;
+            }
         }
     }
     var tasks = await getJson(api + '/tasks?filters=' + toQuery({'desired-state': ['running']}));
@@ -75,7 +85,29 @@ async function replicas(r) {
             }
         }
     }
-    return models;
+    return {models: models, timeouts: timeouts};
+}
+
+// The replica router's own locations for the models whose manifest sets a timeout (the router's generic location
+// has the platform's): the model route and the waiting request's retry, each including the router's route file.
+function renderRoutes(timeouts, include, errorLog) {
+    var names = Object.keys(timeouts).sort();
+    var lines = ['# modelswarm model routes: the models with a timeout of their own'];
+    for (var i = 0; i < names.length; i++) {
+        var seconds = timeouts[names[i]];
+        var prefixes = ['', '/_retry'];
+        for (var j = 0; j < prefixes.length; j++) {
+            lines.push('location ~ "^' + prefixes[j] + '/(?<model>' + names[i] + ')(?<rest>/.*)$" {');
+            if (prefixes[j]) {
+                lines.push('    error_log ' + errorLog + ' crit;');
+            }
+            lines.push('    proxy_read_timeout ' + seconds + 's;');
+            lines.push('    proxy_send_timeout ' + seconds + 's;');
+            lines.push('    include ' + include + ';');
+            lines.push('}');
+        }
+    }
+    return lines.join('\n') + '\n';
 }
 
 function render(checked, port, failTimeout) {
@@ -107,8 +139,11 @@ function render(checked, port, failTimeout) {
 async function upstreams(r) {
     var port = r.variables.modelswarm_model_port;
     var models;
+    var timeouts;
     try {
-        models = await replicas(r);
+        var found = await replicas(r);
+        models = found.models;
+        timeouts = found.timeouts;
     } catch (e) {
         r.return(503, 'the Docker API did not answer: ' + String(e.message || e).slice(0, 200) + '\n');
         return;
@@ -129,7 +164,8 @@ async function upstreams(r) {
         checked[checks[m].model].push({address: checks[m].address, healthy: results[m]});
     }
     r.headersOut['Content-Type'] = 'text/plain';
-    r.return(200, render(checked, port, r.variables.modelswarm_replica_fail_timeout));
+    r.return(200, render(checked, port, r.variables.modelswarm_replica_fail_timeout)
+        + renderRoutes(timeouts, r.variables.modelswarm_router_route, r.variables.modelswarm_router_error_log));
 }
 
 export default {upstreams};
