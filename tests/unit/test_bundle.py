@@ -202,6 +202,20 @@ def test_a_queue_timeout_goes_into_the_serving_spec(iris, value):
     assert bundle.load_bundle(iris).serving()["queue_timeout"] == value
 
 
+@pytest.mark.parametrize("value", [0, 56, "20", 2.5, True])
+def test_a_timeout_is_whole_seconds_from_1_to_55(iris, value):
+    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"timeout: {value!r}\n")
+    found = problems_of(iris)
+    assert len(found) == 1 and found[0].startswith(f"timeout {value!r}: whole seconds from 1 to 55")
+
+
+@pytest.mark.parametrize("value", [1, 20, 55])
+def test_a_timeout_goes_into_the_serving_spec_only_when_set(iris, value):
+    assert "timeout" not in bundle.load_bundle(iris).serving()
+    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"timeout: {value}\n")
+    assert bundle.load_bundle(iris).serving()["timeout"] == value
+
+
 @pytest.mark.parametrize("replicas", [1, 3, 4, 9])
 def test_any_replica_count_up_to_the_limit_is_accepted(iris, replicas):
     edit(iris / "modelswarm.yml", "replicas: 2", f"replicas: {replicas}")

@@ -75,8 +75,9 @@ def test_nginx_routes_models_by_the_contract_rule(repo):
     # The front NGINX hands the model's name to the replica router, which resolves the contract's service name.
     assert "{{ router_prefix }}/$model{{ path }}" in template
     router = (repo / "roles/platform/templates/nginx-router.conf.j2").read_text()
-    assert "{{ modelswarm_model_service_prefix }}$model:{{ modelswarm_model_port }}" in router
     assert '"^/(?<model>{{ modelswarm_model_name_pattern }})(?<rest>/.*)$"' in router
+    route = (repo / "roles/platform/templates/nginx-router-route.conf.j2").read_text()
+    assert "{{ modelswarm_model_service_prefix }}$model:{{ modelswarm_model_port }}" in route
     # PCRE as NGINX uses it: the quoted pattern accepts a name exactly when the contract does.
     route = re.compile("^/models/(?P<model>" + contract.MODEL_NAME_PATTERN + ")(?P<rest>/.*)$")
     assert route.match("/models/iris/predict").group("model") == "iris"

@@ -414,7 +414,14 @@ def test_the_harness_renders_the_templates_as_ansible_does(tmp_path):
     """The tests above run what Ansible deploys: the same templates give the same text through Ansible's template
     lookup (as tasks/deploy.yml calls it) and through the harness, but for the `ansible_managed` line."""
     by_ansible = harness.render_with_ansible(
-        ["nginx.conf.j2", "nginx-entrypoint.sh.j2", "registry-gateway.conf.j2"], tmp_path
+        [
+            "nginx.conf.j2",
+            "nginx-entrypoint.sh.j2",
+            "nginx-router.conf.j2",
+            "nginx-router-route.conf.j2",
+            "registry-gateway.conf.j2",
+        ],
+        tmp_path,
     )
     for name, text in by_ansible.items():
         by_harness = harness.render(name, harness.role_vars()).splitlines()

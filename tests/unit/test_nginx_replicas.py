@@ -36,6 +36,7 @@ class StubReplica:
 
     def __init__(self, address: str, port: int) -> None:
         self.address, self.frozen, self.predictions = address, threading.Event(), 0
+        self.delay = 0.0  # seconds every prediction takes (a slow model, not a frozen one)
         replica = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,8 @@ class StubReplica:
                 self.rfile.read(length)
                 if replica.frozen.is_set():
                     time.sleep(8)  # bounded: longer than any timeout in these tests
+                if self.path.startswith("/predict"):
+                    time.sleep(replica.delay)
                 if self.path.startswith("/predict"):
                     replica.predictions += 1
                 payload = json.dumps({"replica": replica.address, "path": self.path}).encode()
@@ -207,3 +210,43 @@ def test_requests_caught_on_a_replica_that_hangs_are_answered_by_another(lab):
             thread.join(timeout=60)
     assert len(results) == 24 and {status for status, _ in results} == {200}
     assert "127.0.1.1" not in {replica for _, replica in results}
+
+
+def test_a_model_with_a_timeout_of_its_own_gets_its_own_router_locations(lab):
+    """The manifest's timeout reaches NGINX as the service label: the check renders the router's locations for the
+    model (route and retry) with it; a label out of the contract's range, or not a number, is ignored."""
+    nginx, docker_api, _ = lab
+    docker_api.services["model-iris"][contract.LABEL_TIMEOUT] = "7"
+    docker_api.services["model-slow"] = {contract.LABEL_MODEL: "slow", contract.LABEL_TIMEOUT: "56"}
+    docker_api.services["model-odd"] = {contract.LABEL_MODEL: "odd", contract.LABEL_TIMEOUT: "7; return 200"}
+    with nginx:
+        status, text = checked(nginx)
+    assert status == 200, text
+    routes = text[text.index("# modelswarm model routes: ") :]
+    assert 'location ~ "^/(?<model>iris)(?<rest>/.*)$" {' in routes
+    assert 'location ~ "^/_retry/(?<model>iris)(?<rest>/.*)$" {' in routes
+    assert routes.count("    proxy_read_timeout 7s;") == 2 and routes.count("    proxy_send_timeout 7s;") == 2
+    assert "slow" not in routes and "odd" not in routes and "return 200" not in text
+
+
+def test_a_slow_model_with_a_longer_timeout_is_answered_by_its_replica(lab):
+    """A replica that takes 3 s, over the platform's prediction timeout here (2 s): without a timeout of its own the
+    router gives up on each replica in turn and the client gets an error; with `timeout: 5` the first replica's answer
+    comes back, and no other replica was asked. The entrypoint installs the routes with the upstreams."""
+    nginx, docker_api, replicas = lab
+    for replica in replicas.values():
+        replica.delay = 3.0
+    with StubConsole() as console, Entrypoint(nginx, console.url) as entrypoint:
+        every = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
+        harness.wait_for(lambda: servers(nginx.replicas_file.read_text()) == every, 10, "the replicas installed")
+        status, _, body = nginx.request("POST", "/models/iris/predict", AUTH, "{}")
+        assert status in (503, 504), body  # every replica given up on (then, queue timeout 0: no waiting)
+        docker_api.services["model-iris"][contract.LABEL_TIMEOUT] = "5"
+        harness.wait_for(lambda: "proxy_read_timeout 5s;" in nginx.routes_file.read_text(), 10, "the route installed")
+        time.sleep(1)  # the reload's old workers gone
+        before = sum(replica.predictions for replica in replicas.values())
+        status, _, body = nginx.request("POST", "/models/iris/predict", AUTH, "{}")
+        assert status == 200, body
+        assert sum(replica.predictions for replica in replicas.values()) == before + 1
+        log = "\n".join(entrypoint.lines())
+    assert "1 with a timeout of their own" in log

@@ -267,3 +267,11 @@ def test_the_queue_timeout_is_a_service_label_for_nginx():
     assert labels[contract.LABEL_QUEUE_TIMEOUT] == "7"
     assert rollout.service_kwargs(TARGET)["labels"][contract.LABEL_QUEUE_TIMEOUT] == "30"
     assert rollout.Target.for_serving("m", "1", "i", "", {"queue_timeout": 0}).queue_timeout == 0
+
+
+def test_a_models_own_timeout_is_a_service_label_only_when_set():
+    """Without one, the service has no label (its spec is the same as before timeouts existed: no update)."""
+    assert contract.LABEL_TIMEOUT not in rollout.service_kwargs(TARGET)["labels"]
+    assert rollout.service_kwargs(replace(TARGET, timeout=20))["labels"][contract.LABEL_TIMEOUT] == "20"
+    assert rollout.Target.for_serving("m", "1", "i", "", {"timeout": 12}).timeout == 12
+    assert rollout.Target.for_serving("m", "1", "i", "", {}).timeout is None
