@@ -57,10 +57,26 @@ def missing_packages() -> str | None:
     return None
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now and not given before in this process: a port is only bound later (by NGINX or a
+    stub), so the kernel may offer the same one twice meanwhile ("a duplicate listen")."""
+    for _ in range(1000):  # bounded
+        # Below the ephemeral range (32768-60999), where outgoing connections take theirs; not bind(0), which tends to
+        # offer the same port again once it is closed.
+        port = 20000 + secrets.randbelow(32768 - 20000)
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError("no free loopback port not given before")
 
 
 def new_key() -> tuple[str, str]:
