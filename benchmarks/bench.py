@@ -1,6 +1,6 @@
 """Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
 
-    .venv/bin/python benchmarks/bench.py all     # or: converge | hop | replicas | heartbeat | frozen | rollout | auth
+    .venv/bin/python benchmarks/bench.py all    # or some of: converge hop replicas heartbeat leader frozen rollout auth
     .venv/bin/python benchmarks/bench.py down    # remove the bench lab
 
 The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
@@ -14,6 +14,8 @@ from `hey` through modelswarm.load, to lab addresses only.
 - heartbeat: a replica's node hard-stopped under load (4 clients, 40 predictions/s through another node): failed
              requests, max latency (what the dead replica cost) and seconds to 2 running replicas again, with the
              default dispatcher heartbeat (5 s) and a tuned one (1 s).
+- leader:    the raft leader's node hard-stopped under load (iris at 3 replicas, so the leader runs one): seconds to
+             a new raft leader, to the dead node marked down and to 3 running replicas again; failed requests.
 - frozen:    a gray failure: one of the two replicas frozen (docker pause) for 60 s while 4 clients send 20 predictions
              per second through another node's NGINX; failed requests and p50/p99/max latency.
 - rollout:   duration of a version bump (code-only change) and of a no-op deploy.
@@ -238,6 +240,81 @@ def bench_heartbeat() -> None:
         on_node("node1", "docker swarm update --dispatcher-heartbeat 5s >/dev/null")
 
 
+def _raft_leader(client: docker.DockerClient) -> str:
+    return next(n.attrs["Description"]["Hostname"] for n in client.nodes.list()
+                if n.attrs.get("ManagerStatus", {}).get("Leader"))  # fmt: skip
+
+
+def leader_loss(heartbeat: str, seconds: int = 60) -> dict:
+    """The raft leader's node powered off under load (4 clients, 40 predictions/s through another node), with
+    iris on 3 replicas so that the leader runs one: seconds until the survivors elect a leader (the API answers
+    again), until the dead node is marked down, and until 3 replicas run again on the live nodes."""
+    inventory = cluster.read_inventory(INVENTORY)
+    on_node("node1", f"docker swarm update --dispatcher-heartbeat {heartbeat} >/dev/null")
+    time.sleep(15)  # agents learn the new period with their next heartbeat
+    on_node("node1", "docker service scale --detach=false model-iris=3 >/dev/null")
+    time.sleep(5)
+    with cluster.manager(inventory) as client:
+        victim = _raft_leader(client)
+    if victim not in replica_nodes():
+        raise SystemExit(f"leader: the raft leader {victim} runs no replica of iris ({replica_nodes()})")
+    via = next(n for n in ("node1", "node2", "node3") if n != victim)
+    from threading import Thread
+
+    result: dict = {}
+    worker = Thread(target=lambda: result.setdefault(
+        "load", load(f"http://{address(via)}/models/iris/predict", 40 * seconds, 4, rate_per_worker=10.0)
+    ))  # fmt: skip
+    worker.start()
+    time.sleep(5)
+    container = docker.from_env().containers.get(SETTINGS.container_name(victim))
+    marks: dict[str, float] = {}
+    try:
+        # One connection to a surviving manager for the polling; it answers "no leader" until the election.
+        with cluster.docker_on(inventory.hosts[via]) as client:
+            container.kill()
+            started = time.monotonic()
+            while time.monotonic() - started < 300 and "replicas_back_s" not in marks:
+                try:
+                    leader = _raft_leader(client)
+                    states = {n.attrs["Description"]["Hostname"]: n.attrs["Status"]["State"]
+                              for n in client.nodes.list()}  # fmt: skip
+                    nodes = replica_nodes(client)
+                except (docker.errors.APIError, StopIteration):
+                    time.sleep(0.2)
+                    continue
+                now = round(time.monotonic() - started, 1)
+                if leader != victim:
+                    marks.setdefault("new_leader_s", now)
+                if states.get(victim) == "down":
+                    marks.setdefault("marked_down_s", now)
+                if len(nodes) == 3 and victim not in nodes:
+                    marks["replicas_back_s"] = now
+                time.sleep(0.2)
+        worker.join(timeout=seconds + 120)
+    finally:
+        container.start()
+        for _ in range(120):  # bounded: the node rejoins in about 10 s
+            if f"{victim} Ready" in on_node(via, "docker node ls --format '{{.Hostname}} {{.Status}}'"):
+                break
+            time.sleep(1)
+        on_node(via, "docker service scale --detach=false model-iris=2 >/dev/null")
+    outcome = result.get("load")
+    return {"victim": victim, **marks, "failed": None if outcome is None else outcome.failed,
+            "p99_ms": None if outcome is None else round(outcome.p99_ms, 1),
+            "max_ms": None if outcome is None else round(outcome.max_ms, 1)}  # fmt: skip
+
+
+def bench_leader() -> None:
+    say("leader: the raft leader's node lost under load (iris at 3 replicas, one on the leader)")
+    try:
+        for heartbeat in ("5s", "1s"):
+            record(f"leader loss, heartbeat {heartbeat}", **leader_loss(heartbeat))
+            time.sleep(20)  # the old leader back as a follower, its tasks settled
+    finally:
+        on_node("node1", "docker swarm update --dispatcher-heartbeat 5s >/dev/null")
+
+
 def bench_frozen(seconds: int = 60) -> None:
     say(f"frozen: one of two replicas paused for {seconds} s under load (4 clients, 20 requests/s)")
     victim = replica_nodes()[0]
@@ -404,7 +481,7 @@ def bench_down() -> None:
 
 
 BENCHES = {"converge": bench_converge, "hop": bench_hop, "replicas": bench_replicas,
-           "heartbeat": bench_heartbeat, "frozen": bench_frozen, "rollout": bench_rollout,
+           "heartbeat": bench_heartbeat, "leader": bench_leader, "frozen": bench_frozen, "rollout": bench_rollout,
            "auth": bench_auth}  # fmt: skip
 # Benchmarks that need no lab (they run on the host, on loopback).
 NO_LAB = {"auth"}
