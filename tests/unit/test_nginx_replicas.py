@@ -212,6 +212,39 @@ def test_requests_caught_on_a_replica_that_hangs_are_answered_by_another(lab):
     assert "127.0.1.1" not in {replica for _, replica in results}
 
 
+def test_reloads_of_the_router_fail_no_request_on_the_kept_alive_connections(lab):
+    """The front NGINX keeps its connections to the router alive; a router reload closes the idle ones, possibly
+    just as the front sends a request on one. 4 clients keep predicting while the router is reloaded 30 times, a
+    few milliseconds apart (no wait for the old workers): every prediction is answered 200. (Waiting is off in
+    this fixture - queue timeout 0 - so a request the front could not send again would be a 503 here.)"""
+    import signal
+
+    nginx = lab[0]
+    with nginx:
+        nginx.reload_router(checked(nginx)[1])
+        stop, results = threading.Event(), []
+
+        def client() -> None:
+            for _ in range(2000):  # bounded: stops by itself
+                if stop.is_set():
+                    break
+                results.extend(predictions(nginx, 1))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the front has kept-alive connections to the router by now
+        for _ in range(30):
+            nginx.router.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    statuses = [status for status, _ in results]
+    assert len(statuses) > 100 and set(statuses) == {200}, [a for a in results if a[0] != 200][:5]
+
+
 def test_a_model_with_a_timeout_of_its_own_gets_its_own_router_locations(lab):
     """The manifest's timeout reaches NGINX as the service label: the check renders the router's locations for the
     model (route and retry) with it; a label out of the contract's range, or not a number, is ignored."""
