@@ -184,6 +184,21 @@ def bench_replicas() -> None:
     record("throughput", **figures)
 
 
+def _background_load(victim: str, seconds: int):
+    """4 clients at 40 predictions/s in all through a node other than `victim`, started in a thread 5 s before
+    this returns (via, thread, result: the load's outcome under "load" once the thread ends)."""
+    from threading import Thread
+
+    via = next(n for n in ("node1", "node2", "node3") if n != victim)
+    result: dict = {}
+    worker = Thread(target=lambda: result.setdefault(
+        "load", load(f"http://{address(via)}/models/iris/predict", 40 * seconds, 4, rate_per_worker=10.0)
+    ))  # fmt: skip
+    worker.start()
+    time.sleep(5)
+    return via, worker, result
+
+
 def node_loss(heartbeat: str, seconds: int = 40) -> dict:
     """A replica's node powered off (its lab container killed) while 4 clients send 40 predictions/s through
     another node's NGINX: what the dead replica cost the requests (failed, max latency: the connect timeout or
@@ -192,15 +207,7 @@ def node_loss(heartbeat: str, seconds: int = 40) -> dict:
     on_node("node1", f"docker swarm update --dispatcher-heartbeat {heartbeat} >/dev/null")
     time.sleep(15)  # agents learn the new period with their next heartbeat
     victim = next(n for n in replica_nodes() if n != "node1")
-    via = next(n for n in ("node1", "node2", "node3") if n != victim)
-    from threading import Thread
-
-    result: dict = {}
-    worker = Thread(target=lambda: result.setdefault(
-        "load", load(f"http://{address(via)}/models/iris/predict", 40 * seconds, 4, rate_per_worker=10.0)
-    ))  # fmt: skip
-    worker.start()
-    time.sleep(5)
+    _, worker, result = _background_load(victim, seconds)
     container = docker.from_env().containers.get(SETTINGS.container_name(victim))
     recovery = None
     try:
@@ -258,15 +265,7 @@ def leader_loss(heartbeat: str, seconds: int = 60) -> dict:
         victim = _raft_leader(client)
     if victim not in replica_nodes():
         raise SystemExit(f"leader: the raft leader {victim} runs no replica of iris ({replica_nodes()})")
-    via = next(n for n in ("node1", "node2", "node3") if n != victim)
-    from threading import Thread
-
-    result: dict = {}
-    worker = Thread(target=lambda: result.setdefault(
-        "load", load(f"http://{address(via)}/models/iris/predict", 40 * seconds, 4, rate_per_worker=10.0)
-    ))  # fmt: skip
-    worker.start()
-    time.sleep(5)
+    via, worker, result = _background_load(victim, seconds)
     container = docker.from_env().containers.get(SETTINGS.container_name(victim))
     marks: dict[str, float] = {}
     try:
