@@ -43,7 +43,9 @@ REPLICAS_JS = ROLE / "files" / "nginx" / "modelswarm_replicas.js"
 NO_REPLICAS = (
     '# modelswarm model replicas: none checked yet\nmap $model $modelswarm_model_upstream {\n    default "";\n}\n'
 )
-NO_ROUTES = "# modelswarm model routes: none yet\n"
+# The line modelswarm_replicas.js puts before the models' own router locations (the entrypoint splits there).
+ROUTES_MARKER = "# modelswarm model routes: "
+NO_ROUTES = ROUTES_MARKER + "none yet\n"
 NGINX = "/usr/sbin/nginx"
 JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 
@@ -555,10 +557,9 @@ class HostNginx:
     def reload_router(self, replicas: str) -> None:
         """A new answer of the replica check installed as the entrypoint does (the upstreams and the models' own
         routes), then SIGHUP to the router; returns once its old workers are gone."""
-        marker = "# modelswarm model routes: "
-        upstreams, _, routes = replicas.partition(marker)
+        upstreams, _, routes = replicas.partition(ROUTES_MARKER)
         _install(self.replicas_file, upstreams)
-        _install(self.routes_file, marker + routes if routes else NO_ROUTES)
+        _install(self.routes_file, ROUTES_MARKER + routes if routes else NO_ROUTES)
         _reload(self.router, "router reload")
 
     def router_errors(self) -> str:

@@ -23,6 +23,12 @@ def edit(path: Path, old: str, new: str):
     path.write_text(path.read_text().replace(old, new))
 
 
+def add_to_manifest(bundle_dir: Path, line: str):
+    """`line` appended to the bundle's modelswarm.yml."""
+    manifest = bundle_dir / "modelswarm.yml"
+    manifest.write_text(manifest.read_text() + line + "\n")
+
+
 def problems_of(path) -> list[str]:
     with pytest.raises(bundle.BundleError) as caught:
         bundle.load_bundle(path)
@@ -171,7 +177,7 @@ def test_a_bundle_without_usable_examples_is_refused(iris, content, expected):
 @pytest.mark.parametrize("declared", ["../outside.json", "inputs.txt", "my examples.json", 3])
 def test_the_examples_file_is_a_json_file_inside_the_bundle(iris, declared):
     (iris.parent / "outside.json").write_text("[1]")
-    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"examples: {declared!r}\n")
+    add_to_manifest(iris, f"examples: {declared!r}")
     found = problems_of(iris)
     assert (len(found) == 1 and found[0].startswith(f"examples {declared!r}")) or "must be inside" in found[0], found
 
@@ -191,20 +197,20 @@ def test_the_serving_spec_is_what_the_manifest_asks():
 
 @pytest.mark.parametrize("value", [-1, 301, "30", 2.5, True])
 def test_a_queue_timeout_is_whole_seconds_from_0_to_300(iris, value):
-    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"queue_timeout: {value!r}\n")
+    add_to_manifest(iris, f"queue_timeout: {value!r}")
     found = problems_of(iris)
     assert len(found) == 1 and found[0].startswith(f"queue_timeout {value!r}: whole seconds from 0 to 300")
 
 
 @pytest.mark.parametrize("value", [0, 5, 300])
 def test_a_queue_timeout_goes_into_the_serving_spec(iris, value):
-    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"queue_timeout: {value}\n")
+    add_to_manifest(iris, f"queue_timeout: {value}")
     assert bundle.load_bundle(iris).serving()["queue_timeout"] == value
 
 
 @pytest.mark.parametrize("value", [0, 56, "20", 2.5, True])
 def test_a_timeout_is_whole_seconds_from_1_to_55(iris, value):
-    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"timeout: {value!r}\n")
+    add_to_manifest(iris, f"timeout: {value!r}")
     found = problems_of(iris)
     assert len(found) == 1 and found[0].startswith(f"timeout {value!r}: whole seconds from 1 to 55")
 
@@ -212,7 +218,7 @@ def test_a_timeout_is_whole_seconds_from_1_to_55(iris, value):
 @pytest.mark.parametrize("value", [1, 20, 55])
 def test_a_timeout_goes_into_the_serving_spec_only_when_set(iris, value):
     assert "timeout" not in bundle.load_bundle(iris).serving()
-    (iris / "modelswarm.yml").write_text((iris / "modelswarm.yml").read_text() + f"timeout: {value}\n")
+    add_to_manifest(iris, f"timeout: {value}")
     assert bundle.load_bundle(iris).serving()["timeout"] == value
 
 

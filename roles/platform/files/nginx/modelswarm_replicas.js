@@ -11,9 +11,10 @@
 //      listed; NGINX still takes one out by itself for fail_timeout after a failed request (max_fails=1), and
 //      least_conn sends new requests to the replica with the fewest in flight, so one that hangs collects few.
 //   3. The text: one `upstream modelswarm_model_<name>` per model with at least one healthy replica, and the map
-//      from $model to its group; then, after the line "# modelswarm model routes", the router's locations of the
-//      models whose service has a timeout of its own (label io.modelswarm.timeout, from the manifest's timeout). A model without one is not in the map: its requests resolve its name through
-//      Docker's DNS as before, and wait for a replica when none answers (modelswarm_wait.js).
+//      from $model to its group. A model without a healthy replica is not in the map: its requests resolve its
+//      name through Docker's DNS as before, and wait for a replica when none answers (modelswarm_wait.js). Then,
+//      after the line "# modelswarm model routes", the router's locations of the models whose service has a
+//      timeout of its own (label io.modelswarm.timeout, from the manifest's timeout).
 // When the Docker API does not answer (quorum lost, proxy restarting), the answer is 503 and the entrypoint keeps
 // the file it has.
 
