@@ -33,7 +33,7 @@ def _print_status(report: dict) -> None:
             info["state"],
             info["address"],
             "yes" if info["ssh"] else "no",
-            "manager, leader" if info["leader"] else "manager",
+            "manager, leader" if info["leader"] else info.get("role", "manager"),
         )
     out.print(table)
     images = ", ".join(f"{tag} ({'present' if ok else 'absent'})" for tag, ok in report["images"].items())
@@ -58,7 +58,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.lab_command == "up":
-        out.print(f"lab up: {len(report['instances'])} hosts; inventory {report['inventory']}")
+        workers = sum(1 for node in report["nodes"] if node not in {i["instance"] for i in report["instances"]})
+        out.print(f"lab up: {len(report['nodes'])} hosts ({workers} workers); inventory {report['inventory']}")
         out.print("try:  .venv/bin/ansible -i inventory/lab all -m ping")
     if args.lab_command == "status" and args.check and not report["healthy"]:
         return Exit.FAILED
@@ -507,8 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab_parser = sub.add_parser(
         "lab",
         help="the local three-host lab (containers that look like servers)",
-        description="Manage the local lab: three hosts (node1 leader, node2, node3) on a dedicated bridge network. "
-        "Settings: MODELSWARM_LAB_SUBNET, MODELSWARM_LAB_PREFIX, MODELSWARM_EXTRA_CA_CERTS, MODELSWARM_DEBIAN_MIRROR.",
+        description="Manage the local lab: three manager hosts (node1 leader, node2, node3) and "
+        "MODELSWARM_LAB_WORKERS worker hosts (node4, ...; default 0) on a dedicated bridge network. Lowering "
+        "MODELSWARM_LAB_WORKERS removes the highest-numbered workers once they have left the swarm. "
+        "Settings: MODELSWARM_LAB_SUBNET, MODELSWARM_LAB_PREFIX, MODELSWARM_LAB_WORKERS, MODELSWARM_EXTRA_CA_CERTS, "
+        "MODELSWARM_DEBIAN_MIRROR.",
     )
     lab_sub = lab_parser.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="create the lab, or leave a healthy one as it is")

@@ -33,6 +33,10 @@ LEADER_PINNED_SERVICES = ("console", "postgres", "registry")
 
 # --- Labels -------------------------------------------------------------------------------------------------------
 LEADER_LABEL = "modelswarm.leader"  # node label of the designated leader ("true"); pins console, PostgreSQL, registry
+# On each host: while this file exists the node is being taken out (day-2 playbooks: upgrade, remove-node), and its
+# NGINX answers /healthz with 503, so the VIP and any health-checking load balancer stop sending to it before it drains.
+MAINTENANCE_DIR = "/var/lib/modelswarm/maintenance"
+MAINTENANCE_FLAG = "draining"
 LABEL_MODEL = "io.modelswarm.model"
 LABEL_VERSION = "io.modelswarm.version"
 LABEL_SOURCE_HASH = "io.modelswarm.source-hash"
@@ -179,6 +183,8 @@ ANSIBLE_VARS: dict[str, object] = {
     "modelswarm_timeout_label": LABEL_TIMEOUT,
     "modelswarm_max_timeout": MAX_TIMEOUT,
     "modelswarm_model_label": LABEL_MODEL,
+    "modelswarm_maintenance_dir": MAINTENANCE_DIR,
+    "modelswarm_maintenance_flag": MAINTENANCE_FLAG,
 }
 
 ANSIBLE_VARS_FILE = Path("playbooks/group_vars/all/contract.yml")

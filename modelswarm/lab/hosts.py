@@ -1,5 +1,8 @@
 """The local lab: three hosts on one machine that look like real servers to Ansible (systemd, sshd, python3).
 
+Three managers (node1 the designated leader, node2, node3) and, with MODELSWARM_LAB_WORKERS=N, N worker hosts
+(node4, node5, ... at .14, .15, ... of the subnet) that the swarm role joins as workers.
+
 One implementation serves `make demo`, molecule's create/destroy and the benchmarks (`modelswarm lab up|down|status`).
 
 Each host is a container of the node image, with its own SSH host keys, a named volume for /var/lib/docker (so the
@@ -10,6 +13,7 @@ Everything the lab creates carries the label `io.modelswarm.lab=<prefix>`; `down
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import ipaddress
@@ -33,6 +37,7 @@ from modelswarm.imagebuild import build_image, render
 from modelswarm.tooling.progress import progress
 
 LAB_LABEL = "io.modelswarm.lab"
+MAX_LAB_WORKERS = 4
 # On each lab host: which checkout made it and the fingerprint of the SSH key it accepts, so a
 # second checkout finds out before Ansible that this lab is not its own.
 OWNER_LABEL, KEY_LABEL = f"{LAB_LABEL}.owner", f"{LAB_LABEL}.ssh-key"
@@ -61,6 +66,7 @@ class LabSettings:
     subnet: str = "172.30.99.0/24"
     nodes: tuple[str, ...] = ("node1", "node2", "node3")
     leader: str = "node1"
+    workers: int = 0  # MODELSWARM_LAB_WORKERS: worker hosts after the managers (node4, node5, ...)
     first_host_octet: int = 11
     base_image: str = "modelswarm/lab-base:bookworm"
     node_image: str = "modelswarm/lab-node:bookworm"
@@ -82,6 +88,11 @@ class LabSettings:
         ):
             if env.get(key):
                 kwargs[attr] = env[key]
+        if env.get("MODELSWARM_LAB_WORKERS"):
+            raw = env["MODELSWARM_LAB_WORKERS"].strip()
+            if not raw.isdigit() or int(raw) > MAX_LAB_WORKERS:
+                raise LabError(f"MODELSWARM_LAB_WORKERS={raw!r}: give a whole number from 0 to {MAX_LAB_WORKERS}")
+            kwargs["workers"] = int(raw)
         if env.get("MODELSWARM_LAB_STATE_DIR"):
             kwargs["state_dir"] = Path(env["MODELSWARM_LAB_STATE_DIR"])
         if env.get("MODELSWARM_LAB_INVENTORY"):
@@ -97,10 +108,20 @@ class LabSettings:
             raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet!r} is not a network address: {exc}") from exc
         if net.version != 4 or net.prefixlen > 28:
             raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet}: give an IPv4 network of /28 or larger")
-        if self.first_host_octet < 2 or self.first_host_octet + len(self.nodes) >= net.num_addresses - 1:
-            raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet} is too small for {len(self.nodes)} hosts")
+        hosts = len(self.all_nodes)
+        if self.first_host_octet < 2 or self.first_host_octet + hosts >= net.num_addresses - 1:
+            raise LabError(f"MODELSWARM_LAB_SUBNET={self.subnet} is too small for {hosts} hosts")
         if not self.prefix.replace("-", "").isalnum():
             raise LabError(f"MODELSWARM_LAB_PREFIX={self.prefix!r}: use letters, digits and dashes only")
+
+    @property
+    def worker_nodes(self) -> tuple[str, ...]:
+        """The worker hosts, named on after the managers: node4, node5, ..."""
+        return tuple(f"node{len(self.nodes) + i}" for i in range(1, self.workers + 1))
+
+    @property
+    def all_nodes(self) -> tuple[str, ...]:
+        return self.nodes + self.worker_nodes
 
     @property
     def network_name(self) -> str:
@@ -117,7 +138,7 @@ class LabSettings:
         return str(ipaddress.ip_address(self.address(self.nodes[0])) - 1)
 
     def address(self, node: str) -> str:
-        return str(ipaddress.ip_network(self.subnet)[self.first_host_octet + self.nodes.index(node)])
+        return str(ipaddress.ip_network(self.subnet)[self.first_host_octet + self.all_nodes.index(node)])
 
     def container_name(self, node: str) -> str:
         return f"{self.prefix}-{node}"
@@ -200,7 +221,7 @@ def find_clashes(
                 f"the lab subnet {ours} overlaps the host route {route} on interface {iface} "
                 "(set MODELSWARM_LAB_SUBNET to a free range)"
             )
-    for node in settings.nodes:
+    for node in settings.all_nodes:
         name = settings.container_name(node)
         try:
             container = client.containers.get(name)
@@ -430,21 +451,63 @@ def ensure_node(client: docker.DockerClient, settings: LabSettings, node: str, p
     return "created"
 
 
+def _node_of(container) -> str:
+    return (container.labels or {}).get(f"{LAB_LABEL}.node", "")
+
+
+def _in_a_swarm(container) -> str | None:
+    """The swarm state of a running lab host's Docker ('active', 'pending', ...), or None when it is in none (or its
+    Docker does not answer)."""
+    if container.status != "running":
+        return None
+    result = container.exec_run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"])
+    state = result.output.decode().strip() if result.exit_code == 0 else ""
+    return state if state in ("active", "pending", "locked", "error") else None
+
+
+def remove_extra_workers(client: docker.DockerClient, settings: LabSettings) -> list[str]:
+    """Remove the worker hosts beyond MODELSWARM_LAB_WORKERS (the highest-numbered ones), with their volumes. A host
+    still in the swarm is refused: playbooks/remove-node.yml takes it out first (or, dead, with force=true)."""
+    selector = {"label": f"{LAB_LABEL}={settings.prefix}"}
+    extra = [
+        c for c in client.containers.list(all=True, filters=selector)
+        if _node_of(c) and _node_of(c) not in settings.all_nodes
+    ]  # fmt: skip
+    still_members = [(_node_of(c), state) for c in extra if (state := _in_a_swarm(c))]
+    if still_members:
+        names = ", ".join(f"{node} ({state})" for node, state in still_members)
+        first = still_members[0][0]
+        raise LabError(
+            f"MODELSWARM_LAB_WORKERS={settings.workers} leaves out lab hosts that are still in the swarm: {names}. "
+            f"Take each out first: ansible-playbook -i inventory/lab playbooks/remove-node.yml -e node={first}; "
+            "nothing was removed"
+        )
+    removed = []
+    for container in sorted(extra, key=_node_of):
+        node = _node_of(container)
+        container.remove(force=True, v=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(settings.volume_name(node)).remove(force=True)
+        removed.append(node)
+        progress(f"{node}: removed ({container.name}; MODELSWARM_LAB_WORKERS={settings.workers})")
+    return removed
+
+
 def wait_ready(client: docker.DockerClient, settings: LabSettings) -> dict[str, float]:
     """Wait until every host's systemd has booted and sshd answers; bounded by settings.ready_timeout."""
     deadline = time.monotonic() + settings.ready_timeout
     started = time.monotonic()
     ready: dict[str, float] = {}
-    while len(ready) < len(settings.nodes):
-        for node in settings.nodes:
+    while len(ready) < len(settings.all_nodes):
+        for node in settings.all_nodes:
             if node in ready:
                 continue
             if _systemd_up(client, settings.container_name(node)) and _ssh_banner(settings.address(node)):
                 ready[node] = time.monotonic() - started
                 progress(f"{node} ready ({settings.address(node)}, {ready[node]:.1f}s)")
-        if len(ready) < len(settings.nodes):
+        if len(ready) < len(settings.all_nodes):
             if time.monotonic() > deadline:
-                missing = sorted(set(settings.nodes) - set(ready))
+                missing = sorted(set(settings.all_nodes) - set(ready))
                 raise LabError(
                     f"lab hosts {', '.join(missing)} did not boot within {settings.ready_timeout:.0f}s; "
                     f"see `docker logs {settings.container_name(missing[0])}` and `modelswarm lab status`"
@@ -473,6 +536,7 @@ def _ssh_banner(address: str) -> bool:
 def write_inventory(settings: LabSettings, key: Path) -> bool:
     """Write the lab's Ansible inventory. Returns True if the file changed."""
     hosts = {node: {"ansible_host": settings.address(node)} for node in settings.nodes}
+    workers = {node: {"ansible_host": settings.address(node)} for node in settings.worker_nodes}
     inventory = {
         "all": {
             "vars": {
@@ -484,6 +548,7 @@ def write_inventory(settings: LabSettings, key: Path) -> bool:
             "children": {
                 "managers": {"hosts": hosts},
                 "leader": {"hosts": {settings.leader: {}}},
+                "workers": {"hosts": workers},
             },
         }
     }
@@ -500,7 +565,7 @@ def write_inventory(settings: LabSettings, key: Path) -> bool:
 
 
 def instances(settings: LabSettings, key: Path) -> list[dict[str, object]]:
-    """The hosts in molecule's instance-config format."""
+    """The manager hosts in molecule's instance-config format (a scenario's platforms are the three managers)."""
     return [
         {"instance": node, "address": settings.address(node), "user": "root", "port": 22, "identity_file": str(key)}
         for node in settings.nodes
@@ -524,7 +589,9 @@ def up(settings: LabSettings, rebuild: bool = False) -> dict[str, object]:
     changed |= ensure_base_image(client, settings)
     changed |= ensure_node_image(client, settings, rebuild=rebuild)
     changed |= ensure_network(client, settings)
-    actions = {node: ensure_node(client, settings, node, public) for node in settings.nodes}
+    removed = remove_extra_workers(client, settings)
+    changed |= bool(removed)
+    actions = {node: ensure_node(client, settings, node, public) for node in settings.all_nodes}
     for node, action in actions.items():
         if action != "unchanged":
             changed = True
@@ -536,6 +603,7 @@ def up(settings: LabSettings, rebuild: bool = False) -> dict[str, object]:
     return {
         "changed": changed,
         "nodes": actions,
+        "removed": removed,
         "inventory": str(settings.inventory_file),
         "instances": instances(settings, key),
     }
@@ -587,7 +655,7 @@ def status(settings: LabSettings) -> dict[str, object]:
             return False
 
     nodes = {}
-    for node in settings.nodes:
+    for node in settings.all_nodes:
         name = settings.container_name(node)
         try:
             container = client.containers.get(name)
@@ -601,6 +669,7 @@ def status(settings: LabSettings) -> dict[str, object]:
             "address": address,
             "ssh": state == "running" and _ssh_banner(address),
             "leader": node == settings.leader,
+            "role": "worker" if node in settings.worker_nodes else "manager",
         }
     healthy = all(n["state"] == "running" and n["ssh"] for n in nodes.values())
     return {

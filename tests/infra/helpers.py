@@ -59,7 +59,7 @@ def lab_addresses() -> dict[str, str]:
     from modelswarm.lab import LabSettings
 
     settings = LabSettings.from_env()
-    return {node: settings.address(node) for node in settings.nodes}
+    return {node: settings.address(node) for node in settings.all_nodes}
 
 
 def service_tasks(host, service: str) -> list[dict]:

@@ -250,3 +250,87 @@ def test_a_lab_from_before_owner_labels_is_judged_by_its_authorized_keys(tmp_pat
     assert lab.find_foreign_lab(SimpleNamespace(containers=ListedContainers([accepts])), s, public) is None
     message = lab.find_foreign_lab(SimpleNamespace(containers=ListedContainers([refuses])), s, public)
     assert "was made by another checkout" in message and "`make down` in the checkout that made it" in message
+
+
+# ------------------------------------------------------------------------------------------------------ workers
+
+
+def test_workers_follow_the_managers_in_names_and_addresses(tmp_path):
+    s = lab.LabSettings.from_env({"MODELSWARM_LAB_WORKERS": "2", "MODELSWARM_LAB_SUBNET": "10.77.0.0/24"})
+    assert s.worker_nodes == ("node4", "node5")
+    assert [s.address(n) for n in s.all_nodes] == ["10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.14", "10.77.0.15"]
+    assert lab.LabSettings.from_env({}).worker_nodes == ()
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "5", "1.5"])
+def test_a_bad_worker_count_is_refused_with_the_variable_named(value):
+    with pytest.raises(lab.LabError, match=r"MODELSWARM_LAB_WORKERS=.*whole number from 0 to 4"):
+        lab.LabSettings.from_env({"MODELSWARM_LAB_WORKERS": value})
+
+
+def test_a_subnet_too_small_for_the_workers_is_refused():
+    with pytest.raises(lab.LabError, match="too small for 5 hosts"):
+        lab.LabSettings.from_env({"MODELSWARM_LAB_WORKERS": "2", "MODELSWARM_LAB_SUBNET": "10.0.0.0/28"})
+
+
+def test_the_inventory_puts_workers_in_their_own_group(tmp_path):
+    s = settings(tmp_path, workers=1)
+    key, _ = lab.ensure_ssh_key(s)
+    lab.write_inventory(s, key)
+    children = yaml.safe_load(s.inventory_file.read_text())["all"]["children"]
+    assert list(children["managers"]["hosts"]) == ["node1", "node2", "node3"]
+    assert children["workers"]["hosts"] == {"node4": {"ansible_host": "172.30.99.14"}}
+    # molecule's platforms are the managers: the worker is not a molecule instance
+    assert [r["instance"] for r in lab.instances(s, key)] == ["node1", "node2", "node3"]
+    without = settings(tmp_path, workers=0)
+    lab.write_inventory(without, key)
+    assert yaml.safe_load(without.inventory_file.read_text())["all"]["children"]["workers"]["hosts"] == {}
+
+
+class LabHost:
+    """A lab host container as the docker SDK shows it; `swarm` is what its Docker reports for Swarm.LocalNodeState."""
+
+    def __init__(self, node, prefix="modelswarm-lab", status="running", swarm="inactive"):
+        self.name = f"{prefix}-{node}"
+        self.labels = {lab.LAB_LABEL: prefix, f"{lab.LAB_LABEL}.node": node}
+        self.status = status
+        self.swarm = swarm
+        self.removed = False
+
+    def exec_run(self, argv):
+        assert argv[:2] == ["docker", "info"]
+        return SimpleNamespace(exit_code=0, output=(self.swarm + "\n").encode())
+
+    def remove(self, force=False, v=False):
+        self.removed = True
+
+
+class LabDocker:
+    def __init__(self, hosts):
+        self.hosts = hosts
+        self.volumes_removed = []
+        self.containers = SimpleNamespace(list=lambda all=False, filters=None: list(hosts))
+        self.volumes = SimpleNamespace(get=self._volume)
+
+    def _volume(self, name):
+        return SimpleNamespace(remove=lambda force=False: self.volumes_removed.append(name))
+
+
+def test_fewer_workers_removes_the_extra_hosts_that_left_the_swarm(tmp_path):
+    hosts = [LabHost("node1", swarm="active"), LabHost("node4", swarm="active"), LabHost("node5"),
+             LabHost("node6", status="exited", swarm="active")]  # fmt: skip
+    client = LabDocker(hosts)
+    removed = lab.remove_extra_workers(client, settings(tmp_path, workers=1))
+    assert removed == ["node5", "node6"]  # node6 is stopped: a dead host, removed from the swarm with force=true
+    assert [h.removed for h in hosts] == [False, False, True, True]
+    assert client.volumes_removed == ["modelswarm-lab-node5-docker", "modelswarm-lab-node6-docker"]
+
+
+def test_a_worker_still_in_the_swarm_is_not_removed_and_the_way_out_is_named(tmp_path):
+    hosts = [LabHost("node4", swarm="active"), LabHost("node5", swarm="active")]
+    with pytest.raises(lab.LabError) as caught:
+        lab.remove_extra_workers(LabDocker(hosts), settings(tmp_path, workers=0))
+    message = str(caught.value)
+    assert "node4 (active), node5 (active)" in message
+    assert "playbooks/remove-node.yml -e node=node4" in message and "nothing was removed" in message
+    assert not any(h.removed for h in hosts)
