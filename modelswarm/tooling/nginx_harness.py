@@ -438,7 +438,7 @@ class HostNginx:
         self.control_port = free_port()
         # The replica router's socket: a short path (a Unix socket's path has at most 107 bytes; tmp_path is long).
         self.socket_dir = Path(tempfile.mkdtemp(prefix="msr-"))
-        self.socket_dir.chmod(0o755)  # NGINX's workers (not root) connect to it
+        self.socket_dir.chmod(0o755)  # NGINX's workers (not root) connect to it, and look for the maintenance flag
         self.router_conf = root / "router.conf"
         self.router_error_log = root / "router-error.log"
         self.router: subprocess.Popen | None = None
@@ -470,6 +470,7 @@ class HostNginx:
             "grants_dir": str(self.grants_file.parent),
             "grants_file": str(self.grants_file),
             "grants_token": str(root / "grants-token"),
+            "maintenance_dir": str(self.socket_dir),
         }
         proxy = {**role_vars()["_platform_docker_api_proxy"], "port": docker_api_port or free_port()}
         self.variables = role_vars(

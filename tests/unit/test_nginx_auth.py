@@ -445,7 +445,32 @@ def test_the_stack_runs_the_entrypoint_with_the_grants_volume_token_and_configs(
     assert {"source": "nginx_entrypoint", "target": paths["entrypoint"]} in nginx["configs"]
     assert {"source": "nginx_auth_js", "target": paths["auth_js"]} in nginx["configs"]
     assert "nginx_grants_token" in nginx["secrets"] and "nginx_grants_token" in console["secrets"]
-    assert nginx["volumes"] == [f"nginx-grants:{paths['grants_dir']}", {"type": "tmpfs", "target": "/tmp"}]
+    assert nginx["volumes"] == [
+        f"nginx-grants:{paths['grants_dir']}",
+        f"{contract.MAINTENANCE_DIR}:{paths['maintenance_dir']}:ro",  # the day-2 maintenance flag, read-only
+        {"type": "tmpfs", "target": "/tmp"},
+    ]
+    assert nginx["healthcheck"]["test"][-1].endswith("/livez")  # not /healthz: the flag must not restart NGINX
     assert nginx["read_only"] is True and nginx["cap_drop"] == ["ALL"]
     assert "nginx-grants" in stack["volumes"]
     assert paths["grants_file"].startswith(paths["grants_dir"] + "/")
+
+
+def test_the_maintenance_flag_takes_the_node_out_of_rotation_but_not_out_of_service(nginx, keys, source):
+    """Day-2 playbooks set the node's maintenance flag before draining it: /healthz (the VIP's and load balancers'
+    check) answers 503, /livez (the container's own health check) stays 200, and predictions sent straight to the
+    node are still served."""
+    flag = harness.Path(nginx.variables["_platform_nginx"]["maintenance_dir"]) / contract.MAINTENANCE_FLAG
+    assert json.loads(nginx.request("GET", "/healthz")[2])["status"] == "ok"
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text("playbooks/upgrade.yml\n")
+    try:
+        status, _, body = nginx.request("GET", "/healthz")
+        assert (status, json.loads(body)["status"]) == (503, "draining")
+        assert nginx.request("GET", "/healthz", https=True)[0] == 503
+        assert nginx.request("GET", "/livez")[0] == 200
+        predicted = nginx.request("POST", "/models/iris/predict", bearer(keys["alice"][0]), BODY, source)
+        assert predicted[0] == 200, predicted
+    finally:
+        flag.unlink()
+    assert nginx.request("GET", "/healthz")[0] == 200

@@ -14,6 +14,9 @@ description:
     running tasks as its spec wants - a replicated service its replica count, a global service one on every ready,
     active node its placement allows - and, when C(off_node) is given, no task of any service is still running on
     that node (the day-2 playbooks drain a node and then wait with this).
+  - A replicated service that no usable node may run (pinned, by a constraint, to the drained node: the console,
+    PostgreSQL and the registry on the designated leader) is reported in C(parked) and not waited for: it comes back
+    when its node does.
   - Fails when the timeout passes, naming each service that has not converged and what its newest task says, and
     the tasks still on C(off_node).
   - Changes nothing.
@@ -39,6 +42,10 @@ services:
   description: Service name to {mode, desired, running}.
   returned: always
   type: dict
+parked:
+  description: The replicated services that no ready, active node may run now (they wait for their node).
+  returned: always
+  type: list
 on_node:
   description: The services with a task still running on C(off_node) at the last poll.
   returned: always
@@ -94,7 +101,7 @@ def status(client, off_node):
     nodes = [n.attrs for n in client.nodes.list()]
     usable = [n for n in nodes if n["Status"]["State"] == "ready" and n["Spec"]["Availability"] == "active"]
     off_ids = set(n["ID"] for n in nodes if off_node and off_node in (n["ID"], n["Description"]["Hostname"]))
-    report, problems, on_node = {}, [], []
+    report, problems, on_node, parked = {}, [], [], []
     for service in client.services.list():
         spec = service.attrs["Spec"]
         tasks = service.tasks(filters={"desired-state": "running"})
@@ -109,6 +116,11 @@ def status(client, off_node):
             desired = spec["Mode"]["Replicated"]["Replicas"]
             have = len([t for t in running if t["NodeID"] not in off_ids])
             mode = "replicated"
+            constraints = (spec["TaskTemplate"].get("Placement") or {}).get("Constraints")
+            if desired and not any(placement_allows(n, constraints) for n in usable if n["ID"] not in off_ids):
+                parked.append(spec["Name"])
+                report[spec["Name"]] = {"mode": mode, "desired": desired, "running": have, "parked": True}
+                continue
         else:
             continue  # jobs run to completion; nothing to wait for
         report[spec["Name"]] = {"mode": mode, "desired": desired, "running": have}
@@ -116,7 +128,7 @@ def status(client, off_node):
             problems.append("%s: %d/%d running (%s)" % (spec["Name"], have, desired, latest_news(tasks)))
         if any(t["NodeID"] in off_ids for t in running):
             on_node.append(spec["Name"])
-    return report, problems, sorted(on_node)
+    return report, problems, sorted(on_node), sorted(parked)
 
 
 def main():
@@ -135,11 +147,13 @@ def main():
     started = time.time()
     while True:
         try:
-            report, problems, on_node = status(client, off_node)
+            report, problems, on_node, parked = status(client, off_node)
         except docker.errors.APIError as exc:  # e.g. a raft election under way: ask again
-            report, problems, on_node = {}, ["the manager cannot answer yet: %s" % exc], []
+            report, problems, on_node, parked = {}, ["the manager cannot answer yet: %s" % exc], [], []
         if report and not problems and not on_node:
-            module.exit_json(changed=False, services=report, on_node=on_node, seconds=round(time.time() - started, 1))
+            module.exit_json(
+                changed=False, services=report, on_node=on_node, parked=parked, seconds=round(time.time() - started, 1)
+            )
         if time.time() - started > module.params["timeout"]:
             still = ("; still running on %s: %s" % (off_node, ", ".join(on_node))) if on_node else ""
             module.fail_json(
@@ -147,6 +161,7 @@ def main():
                 % (module.params["timeout"], " | ".join(problems) or "every service runs", still),
                 services=report,
                 on_node=on_node,
+                parked=parked,
             )
         time.sleep(module.params["interval"])
 
