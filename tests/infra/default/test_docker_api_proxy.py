@@ -15,6 +15,7 @@ from tests.infra.helpers import REPO, lab_addresses
 testinfra_hosts = ["ansible://managers"]
 STACK = contract.STACK
 PROXY = f"{STACK}_docker-api-proxy"
+PROXY_WORKERS = f"{STACK}_docker-api-proxy-workers"  # the same proxy on workers (node-local socket only)
 DOCKERD_SOCKETS = {"/var/run/docker.sock", "/run/docker.sock"}
 SETTINGS = yaml.safe_load((REPO / "roles/platform/vars/main.yml").read_text())["_platform_docker_api_proxy"]
 HOST_DIR, NODE_SOCKET = SETTINGS["host_dir"], SETTINGS["socket"]  # the node's directory; the socket in containers
@@ -72,7 +73,7 @@ def test_only_the_proxy_mounts_the_docker_socket_in_any_service(host):
         for mount in service["Spec"]["TaskTemplate"]["ContainerSpec"].get("Mounts") or []:
             if mount.get("Source") in DOCKERD_SOCKETS:
                 holders[service["Spec"]["Name"]] = mount.get("ReadOnly", False)
-    assert holders == {PROXY: True}
+    assert holders == {PROXY: True, PROXY_WORKERS: True}
 
 
 def test_only_the_proxys_container_mounts_the_docker_socket_on_this_node(host):
@@ -133,7 +134,8 @@ def test_the_docker_api_network_is_internal_with_only_the_proxy_the_console_and_
         s["Spec"]["Name"] for s in services
         for n in s["Spec"]["TaskTemplate"].get("Networks") or [] if n["Target"] == network["Id"]
     }  # fmt: skip
-    assert attached == {PROXY, f"{STACK}_{contract.CONSOLE_SERVICE}", f"{STACK}_nginx"}
+    # The workers' proxy joins it too, but the name docker-api-proxy resolves to the managers' proxies only.
+    assert attached == {PROXY, PROXY_WORKERS, f"{STACK}_{contract.CONSOLE_SERVICE}", f"{STACK}_nginx"}
 
 
 @pytest.mark.parametrize("service", ["logspout", "registrator"])
