@@ -391,14 +391,18 @@ def test_only_the_proxy_mounts_the_docker_socket_and_read_only():
     mounts = {name: service.get("volumes", []) for name, service in stack["services"].items()}
     socket = settings["docker_socket"]
     holders = {name for name, volumes in mounts.items() if any(socket in v or "docker.sock" in v for v in volumes)}
-    assert holders == {"docker-api-proxy"}
-    proxy = stack["services"]["docker-api-proxy"]
-    assert f"{socket}:{socket}:ro" in proxy["volumes"]
-    assert f"{settings['host_dir']}:{settings['socket_dir']}" in proxy["volumes"]
-    assert proxy["deploy"]["mode"] == "global" and proxy["networks"] == ["docker-api"]
-    assert proxy["command"] == ["haproxy", "-W", "-db", "-f", settings["conf"]]
-    assert {"source": "docker_api_proxy_cfg", "target": settings["conf"]} in proxy["configs"]
-    assert "ports" not in proxy  # reachable on the internal network only
+    # One proxy, as two services: the swarm view on managers, the node-local socket alone on workers.
+    assert holders == {"docker-api-proxy", "docker-api-proxy-workers"}
+    for name, role in (("docker-api-proxy", "manager"), ("docker-api-proxy-workers", "worker")):
+        proxy = stack["services"][name]
+        assert f"{socket}:{socket}:ro" in proxy["volumes"]
+        assert f"{settings['host_dir']}:{settings['socket_dir']}" in proxy["volumes"]
+        assert proxy["deploy"]["mode"] == "global" and proxy["networks"] == ["docker-api"]
+        assert proxy["deploy"]["placement"]["constraints"] == [f"node.role == {role}"]
+        assert proxy["command"] == ["haproxy", "-W", "-db", "-f", settings["conf"]]
+        assert {"source": "docker_api_proxy_cfg", "target": settings["conf"]} in proxy["configs"]
+        assert "ports" not in proxy  # reachable on the internal network only
+        assert proxy["read_only"] is True and proxy["deploy"]["resources"]["limits"]["memory"]
 
 
 def test_the_console_talks_to_the_proxy_on_the_internal_network():
@@ -412,7 +416,8 @@ def test_the_console_talks_to_the_proxy_on_the_internal_network():
     assert network["internal"] is True and not network.get("attachable")
     on_it = {name for name, service in stack["services"].items() if "docker-api" in service["networks"]}
     # NGINX asks it whether a model's service exists while a request waits for a replica (modelswarm_wait.js).
-    assert on_it == {"docker-api-proxy", contract.CONSOLE_SERVICE, "nginx"}
+    # The workers' proxy is on it too; NGINX and the console ask for docker-api-proxy, which is the managers' only.
+    assert on_it == {"docker-api-proxy", "docker-api-proxy-workers", contract.CONSOLE_SERVICE, "nginx"}
     role = harness.role_vars()
     nginx_conf = harness.render("nginx.conf.j2", role)
     assert f"set $modelswarm_docker_api docker-api-proxy:{settings['port']};" in nginx_conf
