@@ -27,7 +27,7 @@ from modelswarm.lab import LabSettings
 from modelswarm.tooling.balancer import ClientBalancer
 from modelswarm.tooling.loadgen import LoadPlan, LoadRun, allowed_target
 from tests.infra.ha import helpers as ha
-from tests.infra.helpers import bearer, controller_key, playbook_failure, run_playbook, run_tool
+from tests.infra.helpers import bearer, controller_key, playbook_failure, run_playbook, run_tool, swarm_nodes
 
 VIRGINICA = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
 WORKER = "node4"
@@ -130,20 +130,13 @@ def figures(result, balancer: ClientBalancer) -> dict:
 
 def roles(via: str = ha.DESIGNATED_LEADER) -> dict[str, str]:
     """hostname -> 'manager' or 'worker', as the swarm sees it."""
-    target = ha.host(via)
-    ids = target.check_output("docker node ls -q").split()
-    return {
-        n["Description"]["Hostname"]: n["Spec"]["Role"]
-        for n in json.loads(target.check_output("docker node inspect " + " ".join(ids)))
-    }
+    return {n["Description"]["Hostname"]: n["Spec"]["Role"] for n in swarm_nodes(ha.host(via))}
 
 
 def availability(via: str = ha.DESIGNATED_LEADER) -> dict[str, str]:
-    target = ha.host(via)
-    ids = target.check_output("docker node ls -q").split()
     return {
         n["Description"]["Hostname"]: f"{n['Status']['State']}/{n['Spec']['Availability']}"
-        for n in json.loads(target.check_output("docker node inspect " + " ".join(ids)))
+        for n in swarm_nodes(ha.host(via))
     }
 
 
