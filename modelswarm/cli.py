@@ -190,6 +190,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _show(args, recorded)
 
 
+def cmd_restore_models(args: argparse.Namespace) -> int:
+    from modelswarm.lifecycle import pipeline
+
+    try:
+        with open(args.record, encoding="utf-8") as handle:
+            models = json.load(handle)
+    except (OSError, ValueError) as exc:
+        err.print(f"error: cannot read the models a backup recorded from {args.record}: {exc}")
+        return Exit.USAGE
+    if not isinstance(models, dict):
+        err.print(f"error: {args.record} is not a JSON object of model name -> record")
+        return Exit.USAGE
+    if not models:
+        _emit(args, {}, "the backup recorded no model: nothing to restore")
+        return Exit.OK
+    recorded = pipeline.restore_models(_inventory(args), models, timeout=args.timeout, report=progress, note=args.note)
+    worst = Exit.OK
+    for one in recorded:
+        _show(args, one)
+        worst = max(worst, one.exit_code)
+    return worst
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from modelswarm import cluster, contract
     from modelswarm.lifecycle import rollout
@@ -618,6 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_options(rollback)
     cluster_options(rollback)
     rollback.set_defaults(func=cmd_rollback)
+
+    restore = sub.add_parser(
+        "restore-models",
+        help="serve again the models a backup recorded (playbooks/restore.yml calls it)",
+        description="RECORD is the models.json of a backup (`modelswarm status --json` at backup time). Each "
+        "model is rolled out, health-gated, from its image in this cluster's registry (restored from the same "
+        "backup), with the replica count it had; each rollout is written to the ledger. Exit codes as deploy's.",
+    )
+    restore.add_argument("record", metavar="RECORD")
+    rollout_options(restore)
+    cluster_options(restore)
+    restore.set_defaults(func=cmd_restore_models)
 
     status = sub.add_parser("status", help="models, versions and where their replicas run")
     status.add_argument("name", nargs="?")

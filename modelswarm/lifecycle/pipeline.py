@@ -136,10 +136,12 @@ def rollback(
             known = sorted({e["to_version"] for e in good_rollouts(entries)})
             raise PipelineError(f"no recorded good rollout of {name} to {to or 'another version'}; known: {known}")
         spec = service.attrs["Spec"]
-        image = f"{chosen['image']}@{chosen['image_digest']}"
+        # In this cluster's registry: after a restore onto new hosts the ledger names the old registry's address.
+        registry = cluster.deploy_facts(client).registry
+        image = moved_reference(f"{chosen['image']}@{chosen['image_digest']}", registry)
         # An image gone from the registry is bad input: refused (ImageMissing) before its labels are asked for.
         modelimage.ensure_in_registry(client, image)
-        repo, tag = chosen["image"].rsplit(":", 1)
+        repo, tag = image.split("@", 1)[0].rsplit(":", 1)
         found = modelimage.existing(client, repo, tag)  # the chosen version's own source hash, from its image
         # The whole serving spec the chosen version was built with (replicas, resources, environment, secrets),
         # from its image; an image older than that label keeps the running replica count.
@@ -196,3 +198,57 @@ def choose_rollback(entries: list[dict], current_version: str | None, to: str | 
         [e for e in good if e["to_version"] == to] if to else [e for e in good if e["to_version"] != current_version]
     )
     return candidates[0] if candidates else None
+
+
+def moved_reference(image: str, registry: str) -> str:
+    """`image` (registry/path:tag@digest, as a backup recorded it) in `registry`: a cluster restored onto new hosts
+    has its registry at another address, and the same repository path, tag and digest."""
+    if "/" not in image:
+        raise PipelineError(f"{image!r} names no registry: cannot move it to {registry}")
+    return f"{registry}/{image.split('/', 1)[1]}"
+
+
+def restore_models(
+    inventory: cluster.Inventory,
+    models: dict[str, dict],
+    timeout: float = 600,
+    report: Report = lambda line: None,
+    note: str = "",
+    api: Api | None = None,
+) -> list[Recorded]:
+    """Serve again the models a backup recorded (`modelswarm status --json` at backup time: name -> version, image,
+    replicas), from the images restored into this cluster's registry, each as its image's serving spec says, with
+    the replica count it had. Each is one health-gated rollout, recorded in the ledger. Raises PipelineError, before
+    anything changes, when an image is not in the registry (its storage was not restored)."""
+    api = api or Api.for_inventory(inventory, "deploy")
+    outcomes = []
+    with cluster.manager(inventory) as client:
+        found = cluster.deploy_facts(client)
+        registryauth.login(client, found.registry, "pull")
+        targets = []
+        for name, recorded in sorted(models.items()):
+            if "@" not in (recorded.get("image") or ""):
+                raise PipelineError(f"the backup's record of {name} has no digest-pinned image: {recorded!r}")
+            image = moved_reference(recorded["image"], found.registry)
+            try:
+                modelimage.ensure_in_registry(client, image)
+            except modelimage.ImageMissing as exc:
+                raise PipelineError(f"{name}: {exc}; restore the registry storage first") from exc
+            serving, complete = modelimage.serving_spec(client, image)
+            if not complete or recorded.get("replicas"):
+                serving["replicas"] = int(recorded.get("replicas") or serving.get("replicas") or 1)
+            target = rollout.Target.for_serving(
+                name,
+                recorded["version"],
+                image,
+                recorded.get("source_hash") or "",
+                serving,
+                network=found.models_network,
+                endpoint_mode=found.endpoint_mode,
+            )
+            targets.append(target)
+        for target in targets:
+            report(f"{target.name}: {target.version} from {target.image.split('@')[0]}")
+            modelimage.stage(inventory, target.image)
+            outcomes.append(record(api, rollout.rollout(client, target, timeout=timeout, report=report, note=note)))
+    return outcomes

@@ -184,7 +184,9 @@ def test_cli_rollback_restores_the_chosen_version_and_records_it(fake_cluster, r
     # The service spec is sent by a client logged in with the pull account (nodes pull with it, never with push).
     assert fake_cluster["logins"] == [(FACTS["registry"], "pull")]
     target = fake_cluster["rolled"][0]
-    assert (target.version, target.image) == ("1.0.0", f"r/models/iris:1.0.0@{DIGEST}")
+    # The ledger recorded another registry address (a cluster restored onto new hosts): the same path, tag and
+    # digest are taken from this cluster's registry.
+    assert (target.version, target.image) == ("1.0.0", f"{FACTS['registry']}/models/iris:1.0.0@{DIGEST}")
     assert (target.source_hash, target.network) == ("hash-of-1.0.0", contract.MODELS_NETWORK)
     # The whole spec that version was built to be served with, not the running one's (3 replicas, no limits).
     assert (target.replicas, target.cpus, target.memory) == (2, "0.5", "256M")
@@ -400,3 +402,62 @@ def test_cli_rollback_to_an_image_without_its_serving_spec_keeps_the_running_rep
     target = fake_cluster["rolled"][0]
     assert (target.version, target.replicas, target.cpus, target.memory, target.secrets) == ("1.1.0", 3, None, None, ())
     assert "was built before images carried their serving spec" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- restore-models (restore)
+
+RECORDED = {  # models.json of a backup taken on a cluster whose registry was at 10.9.9.11:5000
+    "iris": {"version": "1.0.0", "image": f"10.9.9.11:5000/models/iris:1.0.0@{DIGEST}", "replicas": 3},
+    "sentiment": {"version": "2.0.0", "image": f"10.9.9.11:5000/models/sentiment:2.0.0@{DIGEST}", "replicas": 1},
+}
+
+
+def test_cli_restore_models_rolls_each_out_from_this_registry_with_its_replica_count(
+    fake_cluster, repo, tmp_path, capsys
+):
+    record = tmp_path / "models.json"
+    record.write_text(json.dumps(RECORDED))
+    code = cli.main(["restore-models", str(record), "-i", str(repo / "tests/unit/inventories/good.yml"), "--json"])
+    assert code == contract.Exit.OK
+    rolled = {t.name: t for t in fake_cluster["rolled"]}
+    assert sorted(rolled) == ["iris", "sentiment"]
+    assert rolled["iris"].image == f"{FACTS['registry']}/models/iris:1.0.0@{DIGEST}"
+    assert rolled["sentiment"].image == f"{FACTS['registry']}/models/sentiment:2.0.0@{DIGEST}"
+    # The replica count it ran with; the rest as its image's serving spec says (iris 1.0.0: limits, secrets).
+    assert (rolled["iris"].replicas, rolled["iris"].cpus, rolled["iris"].secrets) == (3, "0.5", ("token",))
+    assert rolled["sentiment"].replicas == 1
+    assert fake_cluster["staged"] == [rolled["iris"].image, rolled["sentiment"].image]
+    assert [e["to_version"] for e in fake_cluster["recorded"]] == ["1.0.0", "2.0.0"]
+
+
+def test_cli_restore_models_refuses_before_any_rollout_when_an_image_was_not_restored(
+    fake_cluster, repo, tmp_path, monkeypatch, capsys
+):
+    def only_iris(client, ref):
+        if "sentiment" in ref:
+            raise modelimage.ImageMissing(f"{ref} does not exist in the registry: nothing was changed")
+
+    monkeypatch.setattr(modelimage, "ensure_in_registry", only_iris)
+    record = tmp_path / "models.json"
+    record.write_text(json.dumps(RECORDED))
+    code = cli.main(["restore-models", str(record), "-i", str(repo / "tests/unit/inventories/good.yml")])
+    assert code == contract.Exit.USAGE
+    assert "restore the registry storage first" in capsys.readouterr().err
+    assert fake_cluster["rolled"] == [] and fake_cluster["recorded"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "cannot read the models"),
+        ("[]", "is not a JSON object"),
+        ('{"iris": {"version": "1"}}', "no digest"),
+    ],
+)
+def test_cli_restore_models_names_a_bad_record(fake_cluster, repo, tmp_path, capsys, content, message):
+    record = tmp_path / "models.json"
+    record.write_text(content)
+    code = cli.main(["restore-models", str(record), "-i", str(repo / "tests/unit/inventories/good.yml")])
+    assert code == contract.Exit.USAGE
+    assert message in capsys.readouterr().err
+    assert fake_cluster["rolled"] == []
