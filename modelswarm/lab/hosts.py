@@ -65,7 +65,7 @@ class LabSettings:
     prefix: str = "modelswarm-lab"
     subnet: str = "172.30.99.0/24"
     nodes: tuple[str, ...] = ("node1", "node2", "node3")
-    leader: str = "node1"
+    leader: str = "node1"  # MODELSWARM_LAB_LEADER: the inventory's designated leader (playbooks/move-leader.yml)
     workers: int = 0  # MODELSWARM_LAB_WORKERS: worker hosts after the managers (node4, node5, ...)
     first_host_octet: int = 11
     base_image: str = "modelswarm/lab-base:bookworm"
@@ -93,6 +93,14 @@ class LabSettings:
             if not raw.isdigit() or int(raw) > MAX_LAB_WORKERS:
                 raise LabError(f"MODELSWARM_LAB_WORKERS={raw!r}: give a whole number from 0 to {MAX_LAB_WORKERS}")
             kwargs["workers"] = int(raw)
+        if env.get("MODELSWARM_LAB_LEADER"):
+            leader = env["MODELSWARM_LAB_LEADER"].strip()
+            if leader not in cls.nodes:
+                raise LabError(
+                    f"MODELSWARM_LAB_LEADER={leader!r}: the designated leader must be a manager: "
+                    f"{', '.join(cls.nodes)} (then move it: playbooks/move-leader.yml -e to={leader})"
+                )
+            kwargs["leader"] = leader
         if env.get("MODELSWARM_LAB_STATE_DIR"):
             kwargs["state_dir"] = Path(env["MODELSWARM_LAB_STATE_DIR"])
         if env.get("MODELSWARM_LAB_INVENTORY"):

@@ -287,6 +287,20 @@ def test_the_inventory_puts_workers_in_their_own_group(tmp_path):
     assert yaml.safe_load(without.inventory_file.read_text())["all"]["children"]["workers"]["hosts"] == {}
 
 
+def test_the_designated_leader_can_be_another_manager_and_only_a_manager(tmp_path):
+
+    chosen = lab.LabSettings.from_env({"MODELSWARM_LAB_LEADER": "node2"})
+    assert chosen.leader == "node2"
+    s = replace(settings(tmp_path), leader="node2")
+    key, _ = lab.ensure_ssh_key(s)
+    lab.write_inventory(s, key)
+    children = yaml.safe_load(s.inventory_file.read_text())["all"]["children"]
+    assert list(children["leader"]["hosts"]) == ["node2"]
+    for wrong in ("node4", "node9", "leader"):
+        with pytest.raises(lab.LabError, match=r"MODELSWARM_LAB_LEADER=.*must be a manager: node1, node2, node3"):
+            lab.LabSettings.from_env({"MODELSWARM_LAB_LEADER": wrong, "MODELSWARM_LAB_WORKERS": "1"})
+
+
 class LabHost:
     """A lab host container as the docker SDK shows it; `swarm` is what its Docker reports for Swarm.LocalNodeState."""
 

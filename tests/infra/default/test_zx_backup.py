@@ -134,7 +134,7 @@ def test_the_raft_state_is_the_swarm_directory_of_a_stopped_manager(backup):
 def test_the_registry_storage_holds_the_models_images(backup):
     models = json.loads((backup / "models.json").read_text())
     with tarfile.open(backup / "registry.tar") as tar:
-        names = tar.getnames()
+        names = [n.removeprefix("./") for n in tar.getnames()]
     for record in models.values():
         path = record["image"].split("/", 1)[1].split(":", 1)[0]  # models/iris
         assert any(n.startswith(f"docker/registry/v2/repositories/{path}/") for n in names), path
