@@ -159,3 +159,10 @@ def modelswarm(*args: str, timeout: int = 900, stdin: str | None = None) -> tupl
     except json.JSONDecodeError:
         payload = {"unparsed": result.stdout}
     return result.returncode, payload, result.stderr
+
+
+def ledger_export() -> list[dict]:
+    """Every ledger entry (with its hashes), from `modelswarm ledger export` (JSON lines) against the scenario."""
+    result = run_tool("modelswarm", "ledger", "export", "-i", inventory())
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]

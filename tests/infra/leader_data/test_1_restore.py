@@ -24,6 +24,7 @@ from tests.infra.helpers import (
     bearer,
     call,
     leaked,
+    ledger_export,
     modelswarm,
     playbook_failure,
     run_playbook,
@@ -60,14 +61,13 @@ def test_an_altered_backup_is_refused_and_nothing_changes(backup, tmp_path):
     data = bytearray((altered / "registry.tar").read_bytes())
     data[len(data) // 2] ^= 0x01
     (altered / "registry.tar").write_bytes(bytes(data))
-    _, before, _ = modelswarm("ledger", "export")  # unparsed JSON lines: compared as text
+    before = ledger_export()
     run = run_playbook("playbooks/restore.yml", "-e", f"restore_from={altered}")
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "registry.tar does not match its checksum" in output, output[-3000:]
     assert "Load it into PostgreSQL" not in output
-    _, after, _ = modelswarm("ledger", "export")
-    assert after == before
+    assert ledger_export() == before
 
 
 def test_a_missing_name_is_refused_with_the_way_out():
@@ -102,9 +102,7 @@ def test_the_ledger_verifies_from_the_backups_head(restored):
     assert result["ok"] is True
     assert result["head"][0] > anchor["id"]  # the restore's own rollouts are chained after the restored entries
     # The entry the backup verified is in this cluster's ledger, unchanged.
-    code, export, _ = modelswarm("ledger", "export")
-    entries = [json.loads(line) for line in export["unparsed"].splitlines() if line.strip()]
-    held = {e["id"]: e["entry_hash"] for e in entries}
+    held = {e["id"]: e["entry_hash"] for e in ledger_export()}
     assert held.get(anchor["id"]) == anchor["entry_hash"]
 
 

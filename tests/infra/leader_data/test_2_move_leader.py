@@ -13,35 +13,44 @@ leader is not moved back):
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import yaml
 
 from modelswarm import contract
 from modelswarm.lab import LabSettings
 from tests.infra.ha import helpers as ha
 from tests.infra.ha.test_ha_day2 import VIRGINICA, LoadWhile, balancer_over
-from tests.infra.helpers import call, modelswarm, playbook_failure, run_playbook, run_tool, secrets_dir
+from tests.infra.helpers import (
+    REPO,
+    call,
+    ledger_export,
+    modelswarm,
+    playbook_failure,
+    run_playbook,
+    run_tool,
+    secrets_dir,
+)
 
 testinfra_hosts = ["ansible://node1"]
 
 NEW = "node2"
 
 
-def lab_inventory() -> str:
-    return str(replace(LabSettings.from_env(), leader=NEW).inventory_file)
-
-
-def with_lab_inventory(*args: str, timeout: int = 1500):
-    return run_playbook("-i", lab_inventory(), *args, timeout=timeout)
+def with_lab_inventory(inventory: Path, *args: str, timeout: int = 1500):
+    """A playbook against the lab's own inventory alone, as an operator runs it: its leader group is the one that
+    counts (together with the scenario's inventory, which names node1, Ansible would see two leaders)."""
+    return run_tool(
+        "ansible-playbook", "-i", str(inventory), *args, timeout=timeout, ANSIBLE_ROLES_PATH=str(REPO / "roles")
+    )
 
 
 def ledger_entries() -> dict[int, str]:
-    code, export, err = modelswarm("ledger", "export")
-    assert code == 0, err
-    lines = [line for line in export["unparsed"].splitlines() if line.strip()]
-    return {e["id"]: e["entry_hash"] for e in map(json.loads, lines)}
+    return {e["id"]: e["entry_hash"] for e in ledger_export()}
 
 
 def test_a_leader_the_inventory_does_not_name_is_refused():
@@ -52,13 +61,20 @@ def test_a_leader_the_inventory_does_not_name_is_refused():
 
 
 @pytest.fixture(scope="module")
-def inventory_names_node2():
+def inventory_names_node2(tmp_path_factory) -> Path:
+    """The lab's inventory rewritten with node2 as the leader (MODELSWARM_LAB_LEADER), beside the lab's group_vars:
+    what an operator's inventory looks like once they have named the new leader."""
     up = run_tool("modelswarm", "lab", "up", "--json", timeout=600, MODELSWARM_LAB_LEADER=NEW)
     assert up.returncode == 0, up.stderr[-2000:]
+    directory = tmp_path_factory.mktemp("inventory-leader-node2")
+    shutil.copy(replace(LabSettings.from_env(), leader=NEW).inventory_file, directory / "hosts.yml")
+    (directory / "group_vars").symlink_to(REPO / "inventory" / "lab" / "group_vars")
+    assert yaml.safe_load((directory / "hosts.yml").read_text())["all"]["children"]["leader"]["hosts"] == {NEW: {}}
+    return directory
 
 
 def test_site_yml_refuses_to_move_the_label_without_the_data(inventory_names_node2):
-    run = with_lab_inventory("playbooks/site.yml", "--tags", "swarm")
+    run = with_lab_inventory(inventory_names_node2, "playbooks/site.yml", "--tags", "swarm")
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "The swarm's designated leader" in output and f"move-leader.yml -e to={NEW}" in output
@@ -66,7 +82,7 @@ def test_site_yml_refuses_to_move_the_label_without_the_data(inventory_names_nod
 
 
 def test_check_mode_prints_the_plan(inventory_names_node2):
-    run = with_lab_inventory("playbooks/move-leader.yml", "-e", f"to={NEW}", "--check")
+    run = with_lab_inventory(inventory_names_node2, "playbooks/move-leader.yml", "-e", f"to={NEW}", "--check")
     assert run.returncode == 0, playbook_failure(run)
     assert f"Move the designated leader from node1 to {NEW}." in run.stdout
     assert "Check mode: nothing is changed." in run.stdout
@@ -78,7 +94,7 @@ def moved(inventory_names_node2):
     with balancer_over(["node1", "node2", "node3"]) as balancer:
         with LoadWhile(balancer, chunk=20) as load:
             started = time.monotonic()
-            run = with_lab_inventory("playbooks/move-leader.yml", "-e", f"to={NEW}")
+            run = with_lab_inventory(inventory_names_node2, "playbooks/move-leader.yml", "-e", f"to={NEW}")
             seconds = round(time.monotonic() - started, 1)
         figures = load.figures()  # the balancer's counts too, before it stops
     assert run.returncode == 0, playbook_failure(run)
@@ -120,7 +136,7 @@ def test_the_model_runs_from_the_registry_at_the_new_leaders_address_and_answers
         assert answer.status_code == 200, (node, answer.status_code)
 
 
-def test_a_second_run_has_nothing_to_do(moved):
-    run = with_lab_inventory("playbooks/move-leader.yml", "-e", f"to={NEW}")
+def test_a_second_run_has_nothing_to_do(moved, inventory_names_node2):
+    run = with_lab_inventory(inventory_names_node2, "playbooks/move-leader.yml", "-e", f"to={NEW}")
     assert run.returncode == 0, playbook_failure(run)
     assert f"Nothing to do: {NEW} is the designated leader already." in run.stdout
