@@ -130,15 +130,15 @@ def rollback(
         if service is None:
             raise PipelineError(f"model {name!r} is not deployed")
         current = rollout.describe(service)
-        registryauth.login(client, cluster.deploy_facts(client).registry, "pull")
+        published = cluster.deploy_facts(client)
+        registryauth.login(client, published.registry, "pull")
         chosen = choose_rollback(entries, current["version"], to)
         if chosen is None:
             known = sorted({e["to_version"] for e in good_rollouts(entries)})
             raise PipelineError(f"no recorded good rollout of {name} to {to or 'another version'}; known: {known}")
         spec = service.attrs["Spec"]
         # In this cluster's registry: after a restore onto new hosts the ledger names the old registry's address.
-        registry = cluster.deploy_facts(client).registry
-        image = moved_reference(f"{chosen['image']}@{chosen['image_digest']}", registry)
+        image = moved_reference(f"{chosen['image']}@{chosen['image_digest']}", published.registry)
         # An image gone from the registry is bad input: refused (ImageMissing) before its labels are asked for.
         modelimage.ensure_in_registry(client, image)
         repo, tag = image.split("@", 1)[0].rsplit(":", 1)
@@ -158,7 +158,7 @@ def rollback(
             image,
             found[1] if found else "",
             serving,
-            network=cluster.deploy_facts(client).models_network,
+            network=published.models_network,
             endpoint_mode=spec.get("EndpointSpec", {}).get("Mode", "dnsrr"),
         )
         modelimage.stage(inventory, target.image)
@@ -235,8 +235,10 @@ def restore_models(
             except modelimage.ImageMissing as exc:
                 raise PipelineError(f"{name}: {exc}; restore the registry storage first") from exc
             serving, complete = modelimage.serving_spec(client, image)
-            if not complete or recorded.get("replicas"):
-                serving["replicas"] = int(recorded.get("replicas") or serving.get("replicas") or 1)
+            if recorded.get("replicas"):  # the count it ran with wins over the one it was built with
+                serving["replicas"] = int(recorded["replicas"])
+            elif not complete:
+                serving["replicas"] = int(serving.get("replicas") or 1)
             target = rollout.Target.for_serving(
                 name,
                 recorded["version"],
