@@ -47,7 +47,8 @@ def _print_status(report: dict) -> None:
 def cmd_lab(args: argparse.Namespace) -> int:
     settings = lab.LabSettings.from_env()
     if args.lab_command == "up":
-        report = lab.up(settings, rebuild=args.rebuild)
+        with lab.build_lock(settings, "lab up"):
+            report = lab.up(settings, rebuild=args.rebuild)
     elif args.lab_command == "down":
         report = lab.down(settings, purge_images=args.purge_images)
     else:
@@ -73,10 +74,11 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     settings = lab.LabSettings.from_env()
     client = lab.connect()
-    if args.images_command == "build":
-        report = kit.build_kit(client, settings)
-    else:
-        report = kit.save_bundle(client, Path(args.output) if args.output else settings.state_dir / "bundle")
+    with lab.build_lock(settings, f"images {args.images_command}"):
+        if args.images_command == "build":
+            report = kit.build_kit(client, settings)
+        else:
+            report = kit.save_bundle(client, Path(args.output) if args.output else settings.state_dir / "bundle")
     if args.json:
         print(json.dumps(report, indent=2))
     else:

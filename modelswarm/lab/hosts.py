@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import io
 import ipaddress
@@ -581,6 +582,24 @@ def instances(settings: LabSettings, key: Path) -> list[dict[str, object]]:
 
 
 # ------------------------------------------------------------------------------------------------------ public verbs
+
+
+@contextlib.contextmanager
+def build_lock(settings: LabSettings, what: str):
+    """One builder at a time for what every lab instance shares (the base and node images, the SSH key, the kit
+    and its bundle in the state directory): two instances brought up at once (CI builds two) wait in turn instead
+    of building the same image or writing the same bundle together. The lock is released when the process ends."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.state_dir / "build.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"{what}: another lab build holds {settings.state_dir / 'build.lock'}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def up(settings: LabSettings, rebuild: bool = False) -> dict[str, object]:

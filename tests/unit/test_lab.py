@@ -348,3 +348,42 @@ def test_a_worker_still_in_the_swarm_is_not_removed_and_the_way_out_is_named(tmp
     assert "node4 (active), node5 (active)" in message
     assert "playbooks/remove-node.yml -e node=node4" in message and "nothing was removed" in message
     assert not any(h.removed for h in hosts)
+
+
+def test_two_builds_of_the_shared_images_take_turns(tmp_path, capsys):
+    """`lab up` and `images build/bundle` of two lab instances at once (CI brings up two) never build together:
+    the second waits, says why, and starts once the first is done."""
+    import threading
+
+    settings = replace(lab.LabSettings(), state_dir=tmp_path / "state")
+    order: list[str] = []
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def first():
+        with lab.build_lock(settings, "lab up"):
+            order.append("first in")
+            first_in.set()
+            release_first.wait(10)
+            order.append("first out")
+
+    def second():
+        first_in.wait(10)
+        with lab.build_lock(settings, "images build"):
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    first_in.wait(10)
+    for _ in range(100):  # bounded: until the second one says it waits
+        if "another lab build holds" in capsys.readouterr().err:
+            break
+        threading.Event().wait(0.05)
+    else:
+        pytest.fail("the second build never said that it waits")
+    assert order == ["first in"]  # the second did not get in while the first held the lock
+    release_first.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first in", "first out", "second in"]
