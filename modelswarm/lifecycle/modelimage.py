@@ -21,6 +21,7 @@ from modelswarm.lifecycle.bundle import Bundle
 from modelswarm.tooling.progress import progress
 
 GUNICORN_VERSION = "23.0.0"  # also pinned in requirements/toolchain.in: the unit tests run the server under it
+PROMETHEUS_CLIENT_VERSION = "0.26.0"  # the same: the server's metrics, exact across gunicorn's worker processes
 # The model server's files, copied next to each other into /opt/model (the model imports modelswarm_model).
 SERVER_FILES = ("server.py", "httpguard.py", "modelswarm_model.py", "gunicorn_conf.py")
 DEFAULT_WORKERS = 2
@@ -57,6 +58,7 @@ def context_files(bundle: Bundle, runtime_image: str, pip_index_url: str = "") -
             runtime_image=runtime_image,
             source_hash=source_hash,
             gunicorn_version=GUNICORN_VERSION,
+            prometheus_client_version=PROMETHEUS_CLIENT_VERSION,
             workers=DEFAULT_WORKERS,
             contract=contract,
             pip_index_url=pip_index_url,

@@ -5,8 +5,11 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,5 +299,39 @@ def image_layout(bundle_path: Path, opt: Path) -> tuple[list[str], dict[str, str
     argv = [a.replace("/opt/model/", f"{opt}/") for a in cmd]
     assert argv[0].endswith("/venv/bin/gunicorn") and "--config" in argv
     env = {"MODELSWARM_BUNDLE_DIR": str(opt / "bundle"), "MODELSWARM_EXAMPLES": loaded.examples,
-           "MODELSWARM_MODEL": loaded.name, "MODELSWARM_VERSION": loaded.version, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+           "MODELSWARM_MODEL": loaded.name, "MODELSWARM_VERSION": loaded.version, "PYTHONUNBUFFERED": "1",
+           "PROMETHEUS_MULTIPROC_DIR": str(opt / "metrics")}  # fmt: skip
+    assert "PROMETHEUS_MULTIPROC_DIR=/tmp/" in joined  # the image sets it too, on its tmpfs
     return [sys.executable, "-m", "gunicorn", *argv[1:]], env
+
+
+SERVED_MAX_BODY = 256 * 1024  # the body limit of the served model (test_modelserver_fuzz)
+
+
+@pytest.fixture(scope="module")
+def served(probe_bundle, tmp_path_factory):
+    """(port, log path) of the probe model served as its image would serve it, from /opt/model's layout (gunicorn
+    with the image's workers, the metrics in multiprocess mode)."""
+    opt = tmp_path_factory.mktemp("opt-model")
+    argv, image_env = image_layout(probe_bundle, opt)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
+    env = {**os.environ, **image_env, "MODELSWARM_MAX_BODY": str(SERVED_MAX_BODY)}
+    log = opt / "gunicorn.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(argv, cwd=opt, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        yield port, log
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -48,10 +48,29 @@ def refused(server, expected_status, **kwargs):
     return answer["error"]
 
 
-def counts(server):
-    status, _, body = call(server, "GET", "/metrics")
-    assert status == 200
-    return {m[0]: int(m[1]) for m in re.findall(r'outcome="(\w+)"} (\d+)', body.decode())}
+def metrics(server) -> dict[str, float]:
+    """Every sample of /metrics, by its name and labels as written."""
+    status, headers, body = call(server, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def counts(server) -> dict[str, int]:
+    """Answered predictions by status code, and errors by kind (as 'kind:...')."""
+    found: dict[str, int] = {}
+    for name, value in metrics(server).items():
+        code = re.match(r'modelswarm_model_requests_total\{.*code="(\d+)"', name)
+        kind = re.match(r'modelswarm_model_errors_total\{.*kind="(\w+)"', name)
+        if code:
+            found[code.group(1)] = int(value)
+        elif kind:
+            found[f"kind:{kind.group(1)}"] = int(value)
+    return found
 
 
 def test_a_prediction_is_200_json_with_a_request_id(server):
@@ -178,7 +197,7 @@ def test_a_fault_of_the_server_itself_is_500_json_too(server, monkeypatch, capfd
     assert "ZeroDivisionError" in capfd.readouterr().err
 
 
-def test_metrics_count_each_outcome(server):
+def test_metrics_count_each_prediction_by_code_and_each_error_by_kind(server):
     before = counts(server)
     call(server, body={"x": 1})
     call(server, body=b"{")
@@ -186,8 +205,25 @@ def test_metrics_count_each_outcome(server):
     call(server, body={"do": "refuse"})
     call(server, body={"do": "value"})
     call(server, body={"do": "crash"})
+    call(server, "GET", "/health")  # not a prediction
+    call(server, "GET", "/info")
     after = counts(server)
-    assert {k: after[k] - before[k] for k in after} == {"ok": 1, "bad_request": 2, "rejected": 2, "error": 1}
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
+        "200": 1, "400": 1, "415": 1, "422": 2, "500": 1,
+        "kind:bad_request": 2, "kind:rejected": 2, "kind:model_error": 1,
+    }  # fmt: skip
+
+
+def test_metrics_carry_the_model_and_version_and_time_each_prediction(server):
+    before = metrics(server)
+    for _ in range(3):
+        call(server, body={"x": 1})
+    after = metrics(server)
+    labels = f'model="{server.INFO["name"]}",version="{server.INFO["version"]}"'
+    count = f"modelswarm_model_request_duration_seconds_count{{{labels}}}"
+    assert after[count] - before.get(count, 0) == 3
+    assert after[f'modelswarm_model_request_duration_seconds_bucket{{{labels},le="+Inf"}}'] == after[count]
+    assert after[f"modelswarm_model_in_flight_requests{{{labels}}}"] == 0
 
 
 def test_the_depth_limit_is_a_setting():

@@ -7,44 +7,12 @@ import os
 import random
 import re
 import socket
-import subprocess
 import time
-import urllib.request
 
 import pytest
-from conftest import image_layout
+from conftest import SERVED_MAX_BODY as MAX_BODY
 
 from modelswarm.lifecycle import modelimage
-
-MAX_BODY = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def served(probe_bundle, tmp_path_factory):
-    """(port, log path) of the probe model served as its image would serve it, from /opt/model's layout."""
-    opt = tmp_path_factory.mktemp("opt-model")
-    argv, image_env = image_layout(probe_bundle, opt)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    env = {**os.environ, **image_env, "MODELSWARM_MAX_BODY": str(MAX_BODY)}
-    log = opt / "gunicorn.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(argv, cwd=opt, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        yield port, log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -5,9 +5,15 @@ gunicorn answers a request it cannot parse (request line, header names and value
 over-long lines or headers) itself, before the app sees it, with an HTML page. Here those answers are JSON like the
 app's own; a transfer coding gunicorn does not know and a SCRIPT_NAME header that does not prefix the path (gunicorn
 honours that header from clients) are the client's mistakes: 400, not 501 or 500.
+
+The metrics: each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess
+mode), which the master empties when it starts. A worker that exits keeps its counts (the totals stay exact); its
+in-flight gauge is dropped.
 """
 
 import json
+import os
+import shutil
 
 from gunicorn import util
 from gunicorn.http.errors import ConfigurationProblem, InvalidHeader, UnsupportedTransferCoding
@@ -36,3 +42,19 @@ class JSONErrorWorker(SyncWorker):
 access_log_format = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
 util.write_error = write_json_error  # what handle_error calls; workers are forked from this process
 worker_class = JSONErrorWorker
+
+
+def on_starting(server):
+    """An empty metrics directory before the first worker starts."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges no longer count; its counters and histograms do."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -3,7 +3,8 @@
   POST /predict   JSON in -> {"prediction": ...}; errors below, always JSON {"error": ..., "request_id": ...}
   GET  /health    200 once the model is loaded (the image HEALTHCHECK and swarm's rollout gate use it)
   GET  /info      name, version, image (with digest), source hash
-  GET  /metrics   Prometheus text: requests by outcome, prediction latency (per worker process)
+  GET  /metrics   Prometheus text: client predictions by status code, their duration, in flight, errors by kind -
+                  exact across gunicorn's workers (prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR)
 
 Client errors: 400 a body that is not UTF-8 or not JSON, nests deeper than MODELSWARM_MAX_JSON_DEPTH (64), holds
 NaN/Infinity or an out-of-range number, a bad Content-Length or transfer coding, a body cut short; 404 unknown path;
@@ -21,15 +22,18 @@ rollout back. The log then holds one line `modelswarm-example-failed {json}` (wh
 would have got, the exception's class, never its text) and the traceback. `python server.py` does the same checks
 and prints `modelswarm-examples-passed {json}` (`modelswarm validate` runs it in the built image).
 gunicorn finishes in-flight requests on SIGTERM (graceful timeout).
-Standard library only: the image's Python runs it next to the model's own requirements; httpguard.py and
-modelswarm_model.py sit next to it (the model imports the latter), gunicorn_conf.py makes gunicorn's own refusals JSON.
+The standard library and prometheus_client only (pinned in the image's venv next to gunicorn and the model's own
+requirements); httpguard.py and modelswarm_model.py sit next to it (the model imports the latter), gunicorn_conf.py
+makes gunicorn's own refusals JSON and keeps the metrics of workers that exit.
+
+Metrics count client predictions only (POST /predict): health checks, /info, /metrics and the example inputs a
+worker answers at boot (the rollout gate) are not predictions.
 """
 
 import importlib.util
 import json
 import os
 import sys
-import threading
 import time
 from http import HTTPStatus
 
@@ -116,17 +120,45 @@ def _run_examples(model):
 
 MODEL = _load_model()  # at import: a worker that cannot load the model fails to boot
 EXAMPLES_ANSWERED = _run_examples(MODEL)  # ... and so does one that cannot answer its own examples
-_lock = threading.Lock()
-_counts = {"ok": 0, "bad_request": 0, "rejected": 0, "error": 0}
-_latency = {"sum": 0.0, "count": 0}
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if MULTIPROC_DIR:
+    os.makedirs(MULTIPROC_DIR, exist_ok=True)  # before prometheus_client is imported: it writes its files there
+
+from prometheus_client import (  # noqa: E402
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# This module's own registry (a second load of the module, as the unit tests do, registers its own). With
+# PROMETHEUS_MULTIPROC_DIR, every worker writes its values to files there and /metrics adds them all up.
+REGISTRY = CollectorRegistry()
+_LABELS = {"model": INFO["name"], "version": INFO["version"]}
+REQUESTS = Counter(
+    "modelswarm_model_requests", "Client predictions answered, by HTTP status code.",
+    ["model", "version", "code"], registry=REGISTRY,
+)  # fmt: skip
+DURATION = Histogram(
+    "modelswarm_model_request_duration_seconds", "Seconds from a prediction's arrival to its answer.",
+    ["model", "version"], registry=REGISTRY,
+)  # fmt: skip
+IN_FLIGHT = Gauge(
+    "modelswarm_model_in_flight_requests", "Client predictions being answered now.",
+    ["model", "version"], registry=REGISTRY, multiprocess_mode="livesum",
+)  # fmt: skip
+ERRORS = Counter(
+    "modelswarm_model_errors", "Predictions not answered 200, by kind: bad_request (the request), rejected (the "
+    "model refused the input), model_error (the model failed).",
+    ["model", "version", "kind"], registry=REGISTRY,
+)  # fmt: skip
 
 
-def _count(outcome, seconds=None):
-    with _lock:
-        _counts[outcome] += 1
-        if seconds is not None:
-            _latency["sum"] += seconds
-            _latency["count"] += 1
+def _error(kind):
+    ERRORS.labels(kind=kind, **_LABELS).inc()
 
 
 def _predict(environ, rid):
@@ -135,43 +167,37 @@ def _predict(environ, rid):
         httpguard.require_media_type(environ, "application/json")
         data = httpguard.parse_json(httpguard.read_body(environ, MAX_BODY))
     except HTTPError:
-        _count("bad_request")
+        _error("bad_request")
         raise
-    started = time.perf_counter()
     try:
         result = MODEL.predict(data)
     except RefusedInput as exc:
-        _count("rejected")
+        _error("rejected")
         raise HTTPError(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc) or "the model refused this input") from exc
     except LEGACY_REFUSALS as exc:
-        _count("rejected")
+        _error("rejected")
         httpguard.log_failure(rid, f"422: the model raised {type(exc).__name__}, not RefusedInput: text not shown", exc)
         raise HTTPError(HTTPStatus.UNPROCESSABLE_ENTITY, "the model refused this input") from exc
     except Exception as exc:  # the model failed: log it, answer without its text, keep serving
-        _count("error")
+        _error("model_error")
         httpguard.log_failure(rid, f"500: the model raised {type(exc).__name__}", exc)
         raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_FAILED) from exc
     try:  # an answer JSON cannot carry (NaN, objects) is the model's error, not the client's
         text = json.dumps({"prediction": result, "model": INFO["name"], "version": INFO["version"]}, allow_nan=False)
     except Exception as exc:
-        _count("error")
+        _error("model_error")
         httpguard.log_failure(rid, "500: the model's answer is not JSON", exc)
         raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_FAILED) from exc
-    _count("ok", time.perf_counter() - started)
     return HTTPStatus.OK, text
 
 
 def _metrics():
-    lines = ["# TYPE modelswarm_requests_total counter"]
-    with _lock:
-        for outcome, value in sorted(_counts.items()):
-            lines.append(f'modelswarm_requests_total{{model="{INFO["name"]}",outcome="{outcome}"}} {value}')
-        lines += [
-            "# TYPE modelswarm_prediction_seconds summary",
-            f'modelswarm_prediction_seconds_sum{{model="{INFO["name"]}"}} {_latency["sum"]:.6f}',
-            f'modelswarm_prediction_seconds_count{{model="{INFO["name"]}"}} {_latency["count"]}',
-        ]
-    return "\n".join(lines)
+    """Prometheus text of every worker's values (multiprocess mode), or of this process's alone."""
+    if not MULTIPROC_DIR:
+        return generate_latest(REGISTRY).decode()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=MULTIPROC_DIR)
+    return generate_latest(registry).decode()
 
 
 def _answer(environ, rid):
@@ -190,7 +216,7 @@ def _answer(environ, rid):
         status, text = _predict(environ, rid)
         return status, text, "application/json"
     if path == "/metrics":
-        return HTTPStatus.OK, _metrics(), "text/plain; version=0.0.4"
+        return HTTPStatus.OK, _metrics(), CONTENT_TYPE_LATEST
     payload = {"status": "ok", **INFO} if path == "/health" else {**INFO, "pid": os.getpid()}
     return HTTPStatus.OK, json.dumps(payload), "application/json"
 
@@ -198,6 +224,10 @@ def _answer(environ, rid):
 def application(environ, start_response):
     rid = httpguard.request_id(environ)
     headers = []
+    prediction = environ.get("PATH_INFO") == "/predict" and environ["REQUEST_METHOD"] == "POST"
+    started = time.perf_counter()
+    if prediction:
+        IN_FLIGHT.labels(**_LABELS).inc()
     try:
         status, text, content_type = _answer(environ, rid)
     except HTTPError as exc:
@@ -207,6 +237,10 @@ def application(environ, start_response):
         httpguard.log_failure(rid, "500: the model server failed", exc)
         status, content_type = HTTPStatus.INTERNAL_SERVER_ERROR, "application/json"
         text = json.dumps({"error": "internal error", "request_id": rid})
+    if prediction:
+        IN_FLIGHT.labels(**_LABELS).dec()
+        REQUESTS.labels(code=str(status.value), **_LABELS).inc()
+        DURATION.labels(**_LABELS).observe(time.perf_counter() - started)
     body = (text + "\n").encode()
     headers = [*headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))]
     start_response(f"{status.value} {status.phrase}", [*headers, (httpguard.REQUEST_ID_HEADER, rid)])

@@ -1,0 +1,69 @@
+"""The model server's metrics under gunicorn, as its image runs it (two workers, prometheus_client's multiprocess
+mode): every scrape, whichever worker answers it, gives the exact totals of all workers - including a worker that
+was killed and replaced - and only client predictions count."""
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+
+PREDICTION = json.dumps({"x": 1}).encode()
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return answer.read().decode()
+
+
+def predict(port, body=PREDICTION):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def answered(port) -> dict[str, float]:
+    """Predictions answered, by status code, in one scrape."""
+    found = {}
+    for line in get(port, "/metrics").splitlines():
+        match = re.match(r'modelswarm_model_requests_total\{.*code="(\d+)".*\} (\S+)$', line)
+        if match:
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+def worker_pids(port, tries=40) -> set[int]:
+    return {json.loads(get(port, "/info"))["pid"] for _ in range(tries)}
+
+
+def test_every_scrape_gives_the_exact_totals_of_all_workers_even_one_killed(served):
+    port, log = served
+    before = answered(port)
+    for _ in range(100):
+        assert predict(port) == 200
+    for _ in range(10):
+        assert predict(port, b"{") == 400
+        get(port, "/health")  # health checks are not predictions
+    pids = worker_pids(port)
+    assert len(pids) == 2, f"both workers should answer: {pids}"
+
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while victim in worker_pids(port, tries=10) or len(worker_pids(port)) < 2:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    for _ in range(100):
+        assert predict(port) == 200
+
+    for _ in range(6):  # several scrapes, answered by either worker: all the same, all exact
+        after = answered(port)
+        assert after.get("200", 0) - before.get("200", 0) == 200, after
+        assert after.get("400", 0) - before.get("400", 0) == 10, after
