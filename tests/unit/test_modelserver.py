@@ -48,28 +48,33 @@ def refused(server, expected_status, **kwargs):
     return answer["error"]
 
 
-def metrics(server) -> dict[str, float]:
-    """Every sample of /metrics, by its name and labels as written."""
+def metrics(server) -> dict[tuple, float]:
+    """Every sample of /metrics, by (name, its labels as sorted (key, value) pairs)."""
     status, headers, body = call(server, "GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
     samples = {}
     for line in body.decode().splitlines():
         if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
+            series, value = line.rsplit(" ", 1)
+            name, _, labels = series.partition("{")
+            pairs = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', labels)))
+            samples[(name, pairs)] = float(value)
     return samples
+
+
+def sample(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def counts(server) -> dict[str, int]:
     """Answered predictions by status code, and errors by kind (as 'kind:...')."""
     found: dict[str, int] = {}
-    for name, value in metrics(server).items():
-        code = re.match(r'modelswarm_model_requests_total\{.*code="(\d+)"', name)
-        kind = re.match(r'modelswarm_model_errors_total\{.*kind="(\w+)"', name)
-        if code:
-            found[code.group(1)] = int(value)
-        elif kind:
-            found[f"kind:{kind.group(1)}"] = int(value)
+    for (name, pairs), value in metrics(server).items():
+        labels = dict(pairs)
+        if name == "modelswarm_model_requests_total":
+            found[labels["code"]] = int(value)
+        elif name == "modelswarm_model_errors_total":
+            found[f"kind:{labels['kind']}"] = int(value)
     return found
 
 
@@ -219,11 +224,13 @@ def test_metrics_carry_the_model_and_version_and_time_each_prediction(server):
     for _ in range(3):
         call(server, body={"x": 1})
     after = metrics(server)
-    labels = f'model="{server.INFO["name"]}",version="{server.INFO["version"]}"'
-    count = f"modelswarm_model_request_duration_seconds_count{{{labels}}}"
-    assert after[count] - before.get(count, 0) == 3
-    assert after[f'modelswarm_model_request_duration_seconds_bucket{{{labels},le="+Inf"}}'] == after[count]
-    assert after[f"modelswarm_model_in_flight_requests{{{labels}}}"] == 0
+    labels = {"model": server.INFO["name"], "version": server.INFO["version"]}
+    count = "modelswarm_model_request_duration_seconds_count"
+    assert sample(after, count, **labels) - sample(before, count, **labels) == 3
+    inf = sample(after, "modelswarm_model_request_duration_seconds_bucket", le="+Inf", **labels)
+    assert inf == sample(after, count, **labels) > 0
+    assert sample(after, "modelswarm_model_requests_total", code="200", **labels) >= 3
+    assert sample(after, "modelswarm_model_in_flight_requests", **labels) == 0
 
 
 def test_the_depth_limit_is_a_setting():
