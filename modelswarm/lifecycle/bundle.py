@@ -19,6 +19,7 @@
     examples: examples.json     # default examples.json: a JSON list of inputs, each one a valid request body
     queue_timeout: 30           # seconds a request waits while no replica can answer (then 503); 0-300
     timeout: 20                 # seconds a replica may take to answer, then the next one; 1-55 (default: platform's)
+    log_payload: false          # true: each prediction's log line carries its request body (default: never)
 
 `load_bundle` checks everything before any build and raises BundleError with one message per problem.
 """
@@ -42,7 +43,7 @@ MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KNOWN_KEYS = {
     "name", "version", "entrypoint", "replicas", "resources", "environment", "secrets", "artifacts", "description",
-    "examples", "queue_timeout", "timeout",
+    "examples", "queue_timeout", "timeout", "log_payload",
 }  # fmt: skip
 DEFAULT_EXAMPLES = "examples.json"
 MAX_EXAMPLES = 20  # every replica answers each one before it serves: a few cover the model, many slow the start
@@ -84,6 +85,7 @@ class Bundle:
     example_count: int = 0
     queue_timeout: int = contract.DEFAULT_QUEUE_TIMEOUT
     timeout: int | None = None  # None: the platform's prediction timeout
+    log_payload: bool = False  # the prediction log line carries the request body (the model opts in)
 
     @property
     def service(self) -> str:
@@ -320,6 +322,11 @@ def load_bundle(path: str | Path) -> Bundle:
             f"timeout {timeout!r}: whole seconds from 1 to {contract.MAX_TIMEOUT} that a replica may take to answer "
             "before NGINX sends the request to another replica (leave it out for the platform's default)"
         )
+    log_payload = manifest.get("log_payload", False)
+    if not isinstance(log_payload, bool):
+        problems.append(
+            f"log_payload {log_payload!r}: true or false (true: each prediction's log line carries its request body)"
+        )
 
     if problems:
         raise BundleError(root, problems)
@@ -340,4 +347,5 @@ def load_bundle(path: str | Path) -> Bundle:
         example_count=example_count,
         queue_timeout=queue_timeout,
         timeout=timeout,
+        log_payload=log_payload,
     )

@@ -226,3 +226,19 @@ def test_a_timeout_goes_into_the_serving_spec_only_when_set(iris, value):
 def test_any_replica_count_up_to_the_limit_is_accepted(iris, replicas):
     edit(iris / "modelswarm.yml", "replicas: 2", f"replicas: {replicas}")
     assert bundle.load_bundle(iris).replicas == replicas
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true"])
+def test_log_payload_is_true_or_false(iris, value):
+    add_to_manifest(iris, f"log_payload: {value!r}")
+    assert problems_of(iris) == [f"log_payload {value!r}: true or false (true: each prediction's log line carries "
+                                 "its request body)"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "env"), [("", "0"), ("log_payload: false", "0"), ("log_payload: true", "1")])
+def test_the_image_logs_the_payload_only_when_the_manifest_opts_in(iris, line, env):
+    from modelswarm.lifecycle import modelimage
+
+    add_to_manifest(iris, line)
+    dockerfile = modelimage.context_files(bundle.load_bundle(iris), "runtime:1")["Dockerfile"]
+    assert f"MODELSWARM_LOG_PAYLOAD={env} " in dockerfile

@@ -247,3 +247,62 @@ def test_the_depth_scan_is_linear_and_skips_strings():
     assert httpguard.json_depth(b'["\\\\", "\\"[[", [[]]]') == 3
     assert httpguard.json_depth(b'"unterminated [[[[') == 0
     assert httpguard.json_depth(b"[" * 1_000_000) == 1_000_000
+
+
+# ------------------------------------------------------------------------------------------- prediction log
+
+
+def prediction_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith('{"event":"prediction"')]
+
+
+def test_each_prediction_logs_one_json_line_with_the_key_name_never_the_key_or_the_body(server, capfd):
+    capfd.readouterr()
+    marker = "payload-marker-5d41"
+    secret_key = "msk_live_never_in_a_log_0123456789"
+    status, headers, _ = call(
+        server,
+        body=json.dumps({"x": 1, "note": marker}).encode(),
+        headers={"HTTP_X_REQUEST_ID": "req-0001-abcd", "HTTP_X_MODELSWARM_KEY_NAME": "alice",
+                 "HTTP_AUTHORIZATION": f"Bearer {secret_key}"},
+    )  # fmt: skip
+    call(server, method="GET", path="/health")  # not a prediction: no line
+    refused(server, 400, body=b"{not json", headers={"HTTP_X_MODELSWARM_KEY_NAME": "bob"})
+    out = capfd.readouterr().out
+    lines = prediction_lines(out)
+    assert status == 200 and len(lines) == 2, out
+    first, second = lines
+    assert set(first) == {"event", "time", "request_id", "model", "version", "status", "latency_ms", "key"}
+    assert (first["request_id"], first["model"], first["version"], first["status"], first["key"]) == (
+        "req-0001-abcd", server.INFO["name"], server.INFO["version"], 200, "alice"
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"]) and first["latency_ms"] >= 0
+    assert headers["X-Request-Id"] == "req-0001-abcd"  # the id the client (or NGINX) sent, logged and returned
+    assert (second["status"], second["key"]) == (400, "bob") and re.fullmatch(r"[0-9a-f]{32}", second["request_id"])
+    assert marker not in out and secret_key not in out
+
+
+def test_a_key_name_header_that_is_not_a_name_is_logged_as_a_dash(server, capfd):
+    capfd.readouterr()
+    call(server, body={"x": 1}, headers={"HTTP_X_MODELSWARM_KEY_NAME": 'x" injected="1'})
+    call(server, body={"x": 1})
+    assert [line["key"] for line in prediction_lines(capfd.readouterr().out)] == ["-", "-"]
+
+
+def test_the_body_is_logged_only_when_the_model_opts_in(server, capfd, monkeypatch):
+    monkeypatch.setattr(server, "LOG_PAYLOAD", True)
+    capfd.readouterr()
+    call(server, body={"x": 1, "note": "opted-in"})
+    (line,) = prediction_lines(capfd.readouterr().out)
+    assert json.loads(line["payload"]) == {"x": 1, "note": "opted-in"}
+
+
+def test_the_log_and_the_metrics_each_turn_off(server, capfd, monkeypatch):
+    before = counts(server)
+    monkeypatch.setattr(server, "PREDICTION_LOG", False)
+    monkeypatch.setattr(server, "METRICS", False)
+    capfd.readouterr()
+    status, _, _ = call(server, body={"x": 1})
+    assert status == 200
+    assert prediction_lines(capfd.readouterr().out) == []
+    assert counts(server) == before

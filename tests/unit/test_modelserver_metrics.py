@@ -67,3 +67,33 @@ def test_every_scrape_gives_the_exact_totals_of_all_workers_even_one_killed(serv
         after = answered(port)
         assert after.get("200", 0) - before.get("200", 0) == 200, after
         assert after.get("400", 0) - before.get("400", 0) == 10, after
+
+
+def test_every_prediction_leaves_exactly_one_whole_log_line_whichever_worker_answered(served):
+    """60 predictions from 6 threads with their own request ids: 60 JSON lines in the container's log (the workers
+    share stdout), each whole, each naming its id once, and no line for the health checks in between."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port, log = served
+    ids = [f"log-test-{n:04d}" for n in range(60)]
+
+    def send(rid):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict", data=PREDICTION,
+            headers={"Content-Type": "application/json", "X-Request-Id": rid, "X-Modelswarm-Key-Name": "ci"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            get(port, "/health")
+            return answer.status, answer.headers["X-Request-Id"]
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(send, ids))
+    assert answers == [(200, rid) for rid in ids]  # each answer returns the id it came with
+    deadline = time.monotonic() + 10
+    while True:  # the last lines may still be on their way to the file
+        lines = [json.loads(line) for line in log.read_text().splitlines() if '"log-test-' in line]
+        if len(lines) >= len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(line["request_id"] for line in lines) == ids
+    assert {(line["event"], line["status"], line["key"]) for line in lines} == {("prediction", 200, "ci")}

@@ -28,13 +28,21 @@ makes gunicorn's own refusals JSON and keeps the metrics of workers that exit.
 
 Metrics count client predictions only (POST /predict): health checks, /info, /metrics and the example inputs a
 worker answers at boot (the rollout gate) are not predictions.
+
+Each prediction also writes one JSON line to stdout (the container's log, which LogSpout carries to Logstash):
+{"event": "prediction", "time", "request_id", "model", "version", "status", "latency_ms", "key"}, where "key" is
+the name of the API key NGINX checked (X-Modelswarm-Key-Name), never the key. The request's body is in it
+("payload") only when the model opts in (MODELSWARM_LOG_PAYLOAD=1, from `log_payload: true` in modelswarm.yml).
+MODELSWARM_PREDICTION_LOG=0 and MODELSWARM_METRICS=0 turn each off (the cost benchmark compares them).
 """
 
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
+from datetime import datetime, timezone
 from http import HTTPStatus
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,6 +63,10 @@ INFO = {
     "source_hash": os.environ.get("MODELSWARM_SOURCE_HASH", ""),
 }
 METHODS = {"/predict": ("POST",), "/health": ("GET", "HEAD"), "/info": ("GET", "HEAD"), "/metrics": ("GET", "HEAD")}
+PREDICTION_LOG = os.environ.get("MODELSWARM_PREDICTION_LOG", "1") != "0"
+LOG_PAYLOAD = os.environ.get("MODELSWARM_LOG_PAYLOAD", "0") == "1"
+METRICS = os.environ.get("MODELSWARM_METRICS", "1") != "0"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")  # a key's name as NGINX sends it; anything else is "-"
 LEGACY_REFUSALS = (ValueError, TypeError, KeyError, IndexError)  # 422 before RefusedInput existed: text now hidden
 MODEL_FAILED = "the model failed on this input; its operators find the details in the log under this request id"
 
@@ -165,7 +177,8 @@ def _predict(environ, rid):
     """(status, JSON text) of one prediction."""
     try:
         httpguard.require_media_type(environ, "application/json")
-        data = httpguard.parse_json(httpguard.read_body(environ, MAX_BODY))
+        body = environ["modelswarm.body"] = httpguard.read_body(environ, MAX_BODY)
+        data = httpguard.parse_json(body)
     except HTTPError:
         _error("bad_request")
         raise
@@ -189,6 +202,20 @@ def _predict(environ, rid):
         httpguard.log_failure(rid, "500: the model's answer is not JSON", exc)
         raise HTTPError(HTTPStatus.INTERNAL_SERVER_ERROR, MODEL_FAILED) from exc
     return HTTPStatus.OK, text
+
+
+def _log_prediction(environ, rid, status, seconds, body):
+    """One JSON line per prediction, written whole in one call (workers share stdout: lines never interleave)."""
+    key = environ.get("HTTP_X_MODELSWARM_KEY_NAME", "")
+    line = {
+        "event": "prediction",
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "request_id": rid, "model": INFO["name"], "version": INFO["version"], "status": status.value,
+        "latency_ms": round(seconds * 1000, 2), "key": key if _KEY_NAME.fullmatch(key) else "-",
+    }  # fmt: skip
+    if LOG_PAYLOAD and body is not None:
+        line["payload"] = body.decode("utf-8", "replace")
+    os.write(1, (json.dumps(line, separators=(",", ":")) + "\n").encode())
 
 
 def _metrics():
@@ -225,8 +252,9 @@ def application(environ, start_response):
     rid = httpguard.request_id(environ)
     headers = []
     prediction = environ.get("PATH_INFO") == "/predict" and environ["REQUEST_METHOD"] == "POST"
+    counted = prediction and METRICS
     started = time.perf_counter()
-    if prediction:
+    if counted:
         IN_FLIGHT.labels(**_LABELS).inc()
     try:
         status, text, content_type = _answer(environ, rid)
@@ -237,10 +265,13 @@ def application(environ, start_response):
         httpguard.log_failure(rid, "500: the model server failed", exc)
         status, content_type = HTTPStatus.INTERNAL_SERVER_ERROR, "application/json"
         text = json.dumps({"error": "internal error", "request_id": rid})
-    if prediction:
+    seconds = time.perf_counter() - started
+    if counted:
         IN_FLIGHT.labels(**_LABELS).dec()
         REQUESTS.labels(code=str(status.value), **_LABELS).inc()
-        DURATION.labels(**_LABELS).observe(time.perf_counter() - started)
+        DURATION.labels(**_LABELS).observe(seconds)
+    if prediction and PREDICTION_LOG:
+        _log_prediction(environ, rid, status, seconds, environ.get("modelswarm.body"))
     body = (text + "\n").encode()
     headers = [*headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))]
     start_response(f"{status.value} {status.phrase}", [*headers, (httpguard.REQUEST_ID_HEADER, rid)])
