@@ -159,11 +159,14 @@ class _Echo(BaseHTTPRequestHandler):
             "path": self.path,
             "key_name": self.headers.get("X-Modelswarm-Key-Name"),
             "authorization": self.headers.get("Authorization"),
+            "request_id": self.headers.get("X-Request-Id"),
             "body": body.decode("utf-8", "replace"),
         }
         payload = json.dumps(document).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        # An id of its own, as a model server or the console may send: NGINX must answer with one id, its own.
+        self.send_header("X-Request-Id", "the-upstreams-own-id")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if self.command != "HEAD":

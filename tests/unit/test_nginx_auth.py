@@ -474,3 +474,50 @@ def test_the_maintenance_flag_takes_the_node_out_of_rotation_but_not_out_of_serv
     finally:
         flag.unlink()
     assert nginx.request("GET", "/healthz")[0] == 200
+
+
+# ------------------------------------------------------------------------------------------------- request ids
+
+
+def request_ids(nginx, path, headers, source) -> tuple[int, list[str], dict]:
+    """(status, every X-Request-Id header of the answer, the JSON body) of one request (http.client keeps repeats)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.http_port, timeout=10, source_address=(source, 0))
+    try:
+        connection.request("POST", path, body=BODY, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, response.msg.get_all("X-Request-Id") or [], json.loads(body)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [(None, False), ("client-trace-0042", True), ("bad id with spaces", False), ("x" * 129, False)],
+    ids=["absent", "a token", "not a token", "too long"],
+)
+def test_the_request_id_is_set_when_absent_passed_on_and_returned_once(nginx, keys, source, sent, kept):
+    headers = {**bearer(keys["alice"][0]), **({"X-Request-Id": sent} if sent else {})}
+    status, ids, echoed = request_ids(nginx, "/models/iris/predict", headers, source)
+    assert status == 200 and len(ids) == 1, ids  # NGINX's id only: the upstream's own copy is hidden
+    assert echoed["request_id"] == ids[0]  # the model got the id the client gets back
+    if kept:
+        assert ids[0] == sent
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", ids[0]), ids
+
+
+def test_refusals_carry_the_request_id_too_and_the_access_log_ends_with_it(nginx, keys, source):
+    status, ids, _ = request_ids(nginx, "/models/iris/predict", {"X-Request-Id": "refused-0001"}, source)
+    assert status == 401 and ids == ["refused-0001"]
+    status, ids, _ = request_ids(nginx, "/models/iris/predict", {**bearer(keys["paul"][0])}, source)
+    assert status == 403 and len(ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ids[0])
+    forbidden_id = ids[0]
+
+    def mine() -> list[str]:
+        return [line for line in nginx.access_log.read_text().splitlines() if line.startswith(source + " ")]
+
+    harness.wait_for(lambda: len(mine()) >= 2, 5, "two access log lines")
+    assert [line.rsplit(" ", 1)[1] for line in mine()] == ["request_id=refused-0001", f"request_id={forbidden_id}"]
