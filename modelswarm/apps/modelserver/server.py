@@ -42,7 +42,7 @@ import os
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -209,7 +209,7 @@ def _log_prediction(environ, rid, status, seconds, body):
     key = environ.get("HTTP_X_MODELSWARM_KEY_NAME", "")
     line = {
         "event": "prediction",
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "request_id": rid, "model": INFO["name"], "version": INFO["version"], "status": status.value,
         "latency_ms": round(seconds * 1000, 2), "key": key if _KEY_NAME.fullmatch(key) else "-",
     }  # fmt: skip
