@@ -274,7 +274,11 @@ def test_each_prediction_logs_one_json_line_with_the_key_name_never_the_key_or_t
     first, second = lines
     assert set(first) == {"event", "time", "request_id", "model", "version", "status", "latency_ms", "key"}
     assert (first["request_id"], first["model"], first["version"], first["status"], first["key"]) == (
-        "req-0001-abcd", server.INFO["name"], server.INFO["version"], 200, "alice"
+        "req-0001-abcd",
+        server.INFO["name"],
+        server.INFO["version"],
+        200,
+        "alice",
     )
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"]) and first["latency_ms"] >= 0
     assert headers["X-Request-Id"] == "req-0001-abcd"  # the id the client (or NGINX) sent, logged and returned
