@@ -87,12 +87,14 @@ down: ## Remove the lab (containers, network, volumes); keeps the images for a f
 
 # --------------------------------------------------------------------------------------------------------- tests
 .PHONY: lint
-lint: venv ## ruff, yamllint, ansible-lint (production profile), playbook syntax check.
+lint: venv ## ruff, yamllint, ansible-lint (production profile), playbook syntax check, promtool check rules.
+	@bash scripts/test-packages.sh
 	ruff check .
 	ruff format --check .
 	yamllint --strict .
 	ansible-lint --offline
 	ansible-playbook -i inventory/production --syntax-check playbooks/*.yml
+	promtool check rules roles/platform/files/prometheus/alerts.yml
 
 .PHONY: unit
 unit: venv ## Unit tests (no Docker needed; real PostgreSQL and NGINX on loopback, installed if missing).
