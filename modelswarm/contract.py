@@ -46,6 +46,9 @@ LABEL_TIMEOUT = (
     "io.modelswarm.timeout"  # on a model service: seconds a replica may take to answer (when the manifest sets it)
 )
 LABEL_PLATFORM = "io.modelswarm.platform"
+# On a model service: the replicas its manifest declares (a `docker service scale` below it is what the
+# ModelReplicasBelowSpec alert sees; the console's /metrics reads it).
+LABEL_REPLICAS = "io.modelswarm.replicas"
 LABEL_SECRETS = "io.modelswarm.secrets"  # on a model image: the secret names its manifest declares, comma-separated
 # On a model image: how its manifest asks it to be served (replicas, resources, environment, secrets), as JSON;
 # a rollback to the image restores exactly that.
@@ -123,6 +126,10 @@ MAX_QUEUE_TIMEOUT = 300
 # timeout, when it sets one: else the platform's platform_nginx_prediction_timeout). At most 55 s: gunicorn stops a
 # worker that has been busy with one request for 60 s (the model image's --timeout).
 MAX_TIMEOUT = 55
+# A model's latency objective: its p99 over 5 minutes, in milliseconds (the manifest's slo_p99_ms; the alert
+# ModelLatencyAboveObjective fires above it), and the bounds a manifest may ask.
+DEFAULT_SLO_P99_MS = 1000
+MAX_SLO_P99_MS = 60000
 ROLLOUT_MONITOR_SECONDS = 10  # a new task must stay healthy this long before the next one is replaced
 # How long swarm waits before it starts a replica again (its process exited, or its node died and the replica is
 # rescheduled elsewhere). Swarm's own default is 5 s; each second here is a second longer without the replica after a

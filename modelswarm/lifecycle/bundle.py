@@ -20,6 +20,7 @@
     queue_timeout: 30           # seconds a request waits while no replica can answer (then 503); 0-300
     timeout: 20                 # seconds a replica may take to answer, then the next one; 1-55 (default: platform's)
     log_payload: false          # true: each prediction's log line carries its request body (default: never)
+    slo_p99_ms: 250             # latency objective: p99 in ms over 5 min (default 1000); above it, an alert
 
 `load_bundle` checks everything before any build and raises BundleError with one message per problem.
 """
@@ -43,7 +44,7 @@ MEMORY = re.compile(r"^[1-9][0-9]*[KMG]$")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 KNOWN_KEYS = {
     "name", "version", "entrypoint", "replicas", "resources", "environment", "secrets", "artifacts", "description",
-    "examples", "queue_timeout", "timeout", "log_payload",
+    "examples", "queue_timeout", "timeout", "log_payload", "slo_p99_ms",
 }  # fmt: skip
 DEFAULT_EXAMPLES = "examples.json"
 MAX_EXAMPLES = 20  # every replica answers each one before it serves: a few cover the model, many slow the start
@@ -86,6 +87,7 @@ class Bundle:
     queue_timeout: int = contract.DEFAULT_QUEUE_TIMEOUT
     timeout: int | None = None  # None: the platform's prediction timeout
     log_payload: bool = False  # the prediction log line carries the request body (the model opts in)
+    slo_p99_ms: int = contract.DEFAULT_SLO_P99_MS  # the latency objective (the model server exports it)
 
     @property
     def service(self) -> str:
@@ -327,6 +329,16 @@ def load_bundle(path: str | Path) -> Bundle:
         problems.append(
             f"log_payload {log_payload!r}: true or false (true: each prediction's log line carries its request body)"
         )
+    slo_p99_ms = manifest.get("slo_p99_ms", contract.DEFAULT_SLO_P99_MS)
+    if (
+        not isinstance(slo_p99_ms, int)
+        or isinstance(slo_p99_ms, bool)
+        or not 1 <= slo_p99_ms <= contract.MAX_SLO_P99_MS
+    ):
+        problems.append(
+            f"slo_p99_ms {slo_p99_ms!r}: whole milliseconds from 1 to {contract.MAX_SLO_P99_MS}, the p99 latency "
+            "the model should keep (an alert fires above it)"
+        )
 
     if problems:
         raise BundleError(root, problems)
@@ -348,4 +360,5 @@ def load_bundle(path: str | Path) -> Bundle:
         queue_timeout=queue_timeout,
         timeout=timeout,
         log_payload=log_payload,
+        slo_p99_ms=slo_p99_ms,
     )

@@ -176,6 +176,7 @@ def _service_kwargs(target: Target, secrets: dict[str, modelsecrets.SecretVersio
             LABEL_VERSION: target.version,
             LABEL_SOURCE_HASH: target.source_hash,
             contract.LABEL_QUEUE_TIMEOUT: str(target.queue_timeout),  # NGINX reads it (modelswarm_wait.js)
+            contract.LABEL_REPLICAS: str(target.replicas),  # the console's /metrics: the declared replicas
             # NGINX's replica check reads it (modelswarm_replicas.js: the model's own route in the replica router).
             **({contract.LABEL_TIMEOUT: str(target.timeout)} if target.timeout is not None else {}),
         },

@@ -242,3 +242,19 @@ def test_the_image_logs_the_payload_only_when_the_manifest_opts_in(iris, line, e
     add_to_manifest(iris, line)
     dockerfile = modelimage.context_files(bundle.load_bundle(iris), "runtime:1")["Dockerfile"]
     assert f"MODELSWARM_LOG_PAYLOAD={env} " in dockerfile
+
+
+@pytest.mark.parametrize("value", [0, 60001, "250", 2.5, True])
+def test_a_latency_objective_is_whole_milliseconds_from_1_to_60000(iris, value):
+    add_to_manifest(iris, f"slo_p99_ms: {value!r}")
+    found = problems_of(iris)
+    assert len(found) == 1 and found[0].startswith(f"slo_p99_ms {value!r}: whole milliseconds from 1 to 60000")
+
+
+@pytest.mark.parametrize(("line", "env"), [("", "1000"), ("slo_p99_ms: 250", "250")])
+def test_the_image_carries_the_latency_objective(iris, line, env):
+    from modelswarm.lifecycle import modelimage
+
+    add_to_manifest(iris, line)
+    dockerfile = modelimage.context_files(bundle.load_bundle(iris), "runtime:1")["Dockerfile"]
+    assert f"MODELSWARM_SLO_P99_MS={env} " in dockerfile

@@ -310,3 +310,9 @@ def test_the_log_and_the_metrics_each_turn_off(server, capfd, monkeypatch):
     assert status == 200
     assert prediction_lines(capfd.readouterr().out) == []
     assert counts(server) == before
+
+
+def test_the_latency_objective_is_exported_for_the_alert(server):
+    """slo_p99_ms of the manifest (MODELSWARM_SLO_P99_MS; 1000 ms when it sets none), in seconds."""
+    objective = sample(metrics(server), "modelswarm_model_latency_objective_seconds", **server._LABELS)
+    assert objective == 1.0

@@ -275,3 +275,10 @@ def test_a_models_own_timeout_is_a_service_label_only_when_set():
     assert rollout.service_kwargs(replace(TARGET, timeout=20))["labels"][contract.LABEL_TIMEOUT] == "20"
     assert rollout.Target.for_serving("m", "1", "i", "", {"timeout": 12}).timeout == 12
     assert rollout.Target.for_serving("m", "1", "i", "", {}).timeout is None
+
+
+def test_the_declared_replicas_are_a_service_label_that_a_scale_does_not_change():
+    """The console's /metrics compares the running tasks with this label (ModelReplicasBelowSpec), not with the
+    spec's count, which `docker service scale` changes."""
+    kwargs = rollout.service_kwargs(replace(TARGET, replicas=3))
+    assert kwargs["labels"][contract.LABEL_REPLICAS] == "3" and kwargs["mode"]["replicated"]["Replicas"] == 3

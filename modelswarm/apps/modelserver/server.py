@@ -162,6 +162,11 @@ IN_FLIGHT = Gauge(
     "modelswarm_model_in_flight_requests", "Client predictions being answered now.",
     ["model", "version"], registry=REGISTRY, multiprocess_mode="livesum",
 )  # fmt: skip
+OBJECTIVE = Gauge(
+    "modelswarm_model_latency_objective_seconds", "The model's p99 latency objective (slo_p99_ms in modelswarm.yml).",
+    ["model", "version"], registry=REGISTRY, multiprocess_mode="max",
+)  # fmt: skip
+OBJECTIVE.labels(**_LABELS).set(int(os.environ.get("MODELSWARM_SLO_P99_MS", "1000")) / 1000)
 ERRORS = Counter(
     "modelswarm_model_errors", "Predictions not answered 200, by kind: bad_request (the request), rejected (the "
     "model refused the input), model_error (the model failed).",
