@@ -320,3 +320,140 @@ def test_the_console_image_carries_the_guard_it_imports(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ /metrics
+
+
+class FakeService:
+    def __init__(self, name, labels, replicas, running, mode="replicated"):
+        modes = {"replicated": {"Replicated": {"Replicas": replicas}}, "global": {"Global": {}}}
+        self.attrs = {
+            "Spec": {
+                "Name": name, "Labels": labels, "Mode": modes[mode],
+                "TaskTemplate": {"ContainerSpec": {"Image": f"{name}:1@sha256:{'0' * 64}"}},
+            },
+        }  # fmt: skip
+        self._tasks = [{"Status": {"State": "running"}}] * running + [{"Status": {"State": "starting"}}]
+
+    def tasks(self, filters=None):
+        return self._tasks
+
+
+class FakeNode:
+    def __init__(self, hostname, role, state, reachability=None):
+        self.attrs = {
+            "Description": {"Hostname": hostname, "Engine": {"EngineVersion": "20.10.24"}},
+            "Spec": {"Role": role, "Availability": "active", "Labels": {}},
+            "Status": {"State": state, "Addr": "10.0.0.1"},
+            "ManagerStatus": {"Reachability": reachability, "Leader": False} if role == "manager" else None,
+        }
+
+
+class FakeDocker:
+    def __init__(self, nodes, services):
+        self.nodes = type("Nodes", (), {"list": lambda _self: nodes})()
+        self.services = type("Services", (), {"list": lambda _self: services})()
+
+    def close(self):
+        pass
+
+
+def scrape_with(monkeypatch, tmp_path, docker=None, database=True, token="scrape-s3cret"):
+    """(status, headers, {series: value}) of one GET /metrics with `token`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = tmp_path / "scrape-token"
+    path.write_text("scrape-s3cret\n")
+    monkeypatch.setenv("MODELSWARM_SCRAPE_TOKEN_FILE", str(path))
+
+    def client():
+        if docker is None:
+            raise RuntimeError("the swarm does not have a leader")
+        return docker
+
+    def with_db(work):
+        if not database:
+            raise app.HTTPError(503, "database down")
+        return work(FakeConnection())
+
+    monkeypatch.setattr(app, "docker_client", client)
+    monkeypatch.setattr(app, "with_db", with_db)
+    status, headers, body = call("GET", "/metrics", headers={"HTTP_AUTHORIZATION": f"Bearer {token}"})
+    if status != 200:
+        return status, headers, {}
+    series = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            series[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return status, headers, series
+
+
+class FakeConnection:
+    def cursor(self):
+        outer = self
+
+        class Cursor:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def execute(self, sql):
+                outer.sql = sql
+
+            def fetchone(self):
+                return (1,)
+
+        return Cursor()
+
+
+CLUSTER = FakeDocker(
+    nodes=[
+        FakeNode("node1", "manager", "ready", "reachable"),
+        FakeNode("node2", "manager", "down", "unreachable"),
+        FakeNode("node3", "manager", "ready", "reachable"),
+        FakeNode("node4", "worker", "ready"),
+    ],
+    services=[
+        FakeService("model-iris", {contract.LABEL_MODEL: "iris", contract.LABEL_REPLICAS: "3"}, 1, 1),
+        FakeService("model-old", {contract.LABEL_MODEL: "old"}, 2, 2),  # deployed before the label existed
+        FakeService("modelswarm_registry", {contract.LABEL_PLATFORM: "registry"}, 1, 0),
+    ],
+)
+
+
+def test_metrics_take_the_scrape_token_only(monkeypatch, tmp_path):
+    assert scrape_with(monkeypatch, tmp_path, CLUSTER, token="wrong")[0] == 401
+    assert scrape_with(monkeypatch, tmp_path, CLUSTER, token=ROLE_KEYS["admin"])[0] == 401
+    status, headers, _ = scrape_with(monkeypatch, tmp_path, CLUSTER)
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+
+def test_metrics_show_the_swarm_the_models_declared_replicas_and_the_database(monkeypatch, tmp_path):
+    _, _, series = scrape_with(monkeypatch, tmp_path, CLUSTER)
+
+    def value(name, **labels):
+        return series[(name, tuple(sorted(labels.items())))]
+
+    assert value("modelswarm_swarm_up") == 1 and value("modelswarm_console_database_up") == 1
+    assert [value("modelswarm_swarm_node_ready", node=n, role=r) for n, r in
+            [("node1", "manager"), ("node2", "manager"), ("node4", "worker")]] == [1, 0, 1]  # fmt: skip
+    assert [value("modelswarm_swarm_manager_reachable", node=n) for n in ("node1", "node2", "node3")] == [1, 0, 1]
+    assert ("modelswarm_swarm_manager_reachable", (("node", "node4"),)) not in series  # a worker is no manager
+    # iris was scaled to 1 below the 3 it declares; a service from before the label counts its spec's replicas.
+    assert (value("modelswarm_model_replicas_declared", model="iris"), value("modelswarm_model_replicas_running",
+            model="iris")) == (3, 1)  # fmt: skip
+    assert value("modelswarm_model_replicas_declared", model="old") == 2
+    registry = {"service": "modelswarm_registry", "platform": "registry"}
+    assert (value("modelswarm_swarm_service_replicas_desired", **registry),
+            value("modelswarm_swarm_service_tasks_running", **registry)) == (1, 0)  # fmt: skip
+    assert value("modelswarm_swarm_service_tasks_running", service="model-iris", platform="") == 1
+
+
+def test_metrics_without_quorum_or_database_still_answer_with_those_at_0(monkeypatch, tmp_path, capfd):
+    status, _, series = scrape_with(monkeypatch, tmp_path, docker=None, database=False)
+    assert status == 200
+    assert series == {("modelswarm_swarm_up", ()): 0, ("modelswarm_console_database_up", ()): 0}
+    assert "metrics: the swarm did not answer (RuntimeError)" in capfd.readouterr().err

@@ -23,7 +23,8 @@ Identity is checked before anything in the body is read: no identity -> 401, too
 Settings (environment), each secret a file (docker secrets): PGHOST, PGPORT, PGDATABASE, PGUSER (the owner, used only
 to migrate), MODELSWARM_DB_PASSWORD_FILE; the application role's password MODELSWARM_APP_DB_PASSWORD_FILE (requests
 run as `console_app`); MODELSWARM_BOOTSTRAP_KEYS_FILE and MODELSWARM_ADMIN_PASSWORD_FILE (what the converge hands
-over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); DOCKER_HOST: the stack sets the Docker API proxy
+over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); MODELSWARM_SCRAPE_TOKEN_FILE (Prometheus' token, the only
+credential /metrics takes); DOCKER_HOST: the stack sets the Docker API proxy
 (tcp://docker-api-proxy:2375, on the internal network docker-api), which allows the GETs of /version, /nodes,
 /services and /tasks that cluster() makes and refuses the rest (403); the default (the local socket) is for
 development only.
@@ -36,6 +37,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -191,6 +193,8 @@ def _service_summary(client, service) -> dict:
         "update_state": (service.attrs.get("UpdateStatus") or {}).get("State"),
         "model": labels.get(contract.LABEL_MODEL),
         "version": labels.get(contract.LABEL_VERSION),
+        "platform": labels.get(contract.LABEL_PLATFORM),
+        "declared": int(labels[contract.LABEL_REPLICAS]) if labels.get(contract.LABEL_REPLICAS, "").isdigit() else None,
     }
 
 
@@ -239,7 +243,15 @@ def check_csrf(environ, identity: Identity, form: dict[str, str] | None = None) 
 
 
 def grants_token_ok(environ) -> bool:
-    expected = _secret("MODELSWARM_GRANTS_TOKEN_FILE", "/run/secrets/nginx_grants_token", required=False)
+    return _token_ok(environ, "MODELSWARM_GRANTS_TOKEN_FILE", "/run/secrets/nginx_grants_token")
+
+
+def scrape_token_ok(environ) -> bool:
+    return _token_ok(environ, "MODELSWARM_SCRAPE_TOKEN_FILE", "/run/secrets/prometheus_scrape_token")
+
+
+def _token_ok(environ, env: str, default: str) -> bool:
+    expected = _secret(env, default, required=False)
     sent = environ.get("HTTP_AUTHORIZATION", "")
     return bool(expected) and hmac.compare_digest(sent.encode(), f"Bearer {expected}".encode())
 
@@ -340,6 +352,29 @@ def ledger_export(_environ, _identity) -> Response:
     """The whole ledger for auditors and `modelswarm ledger verify`: JSON lines in id order, with both hashes."""
     text = with_db(lambda conn: "".join(ledger.export_lines(conn)))
     return Response(HTTPStatus.OK, text.encode(), [("Content-Type", "application/x-ndjson; charset=utf-8")])
+
+
+def scrape(environ, _identity) -> Response:
+    """/metrics for Prometheus (modelswarm.apps.console.metrics): the swarm's state and the database's, now."""
+    from modelswarm.apps.console import metrics
+
+    try:
+        state = cluster()
+    except Exception as exc:  # no quorum (the managers refuse), or the proxy is down: modelswarm_swarm_up 0
+        rid = environ[REQUEST_ID_KEY]
+        sys.stderr.write(f"request_id={rid} metrics: the swarm did not answer ({type(exc).__name__})\n")
+        state = None
+
+    def ping(conn):
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchone()[0] == 1
+
+    try:
+        database_up = bool(with_db(ping))
+    except Exception:
+        database_up = False
+    return Response(HTTPStatus.OK, metrics.render(state, database_up), [("Content-Type", metrics.CONTENT_TYPE)])
 
 
 def api_cluster(_environ, _identity) -> tuple[HTTPStatus, object]:
@@ -504,7 +539,7 @@ def page(environ, identity: Identity) -> tuple[HTTPStatus, str]:
 
 # ------------------------------------------------------------------------------------------------ routing
 
-PUBLIC, SESSION_USER, GRANTS_TOKEN = "public", "session", "grants"
+PUBLIC, SESSION_USER, GRANTS_TOKEN, SCRAPE_TOKEN = "public", "session", "grants", "scrape"
 REQUEST_ID_KEY = "modelswarm.request_id"  # the request's id, in its WSGI environ
 INTERNAL_ERROR = "internal error: the console could not answer; its log has the details under this request id"
 PAGES = {page, login_form, login}
@@ -533,6 +568,7 @@ ROUTES: list[tuple[str, re.Pattern, Callable, str]] = [
     ("DELETE", re.compile(rf"^/api/users/({NAME})$"), disable_user, "admin"),
     ("POST", re.compile(rf"^/api/users/({NAME})/password$"), reset_password, "admin"),
     ("GET", re.compile(r"^/internal/grants$"), internal_grants, GRANTS_TOKEN),
+    ("GET", re.compile(r"^/metrics$"), scrape, SCRAPE_TOKEN),
 ]
 
 
@@ -543,6 +579,10 @@ def authorize(environ, handler: Callable, who: str) -> Identity | None:
     if who == GRANTS_TOKEN:
         if not grants_token_ok(environ):
             raise HTTPError(HTTPStatus.UNAUTHORIZED, "this endpoint is for NGINX's grants token only")
+        return None
+    if who == SCRAPE_TOKEN:
+        if not scrape_token_ok(environ):
+            raise HTTPError(HTTPStatus.UNAUTHORIZED, "this endpoint is for Prometheus' scrape token only")
         return None
     identity = identify(environ)
     if identity is None:
