@@ -39,6 +39,7 @@ ROLE = REPO / "roles" / "platform"
 AUTH_JS = ROLE / "files" / "nginx" / "modelswarm_auth.js"
 WAIT_JS = ROLE / "files" / "nginx" / "modelswarm_wait.js"
 REPLICAS_JS = ROLE / "files" / "nginx" / "modelswarm_replicas.js"
+METRICS_JS = ROLE / "files" / "nginx" / "modelswarm_metrics.js"
 # What the entrypoint writes before NGINX starts (no model replica checked yet).
 NO_REPLICAS = (
     '# modelswarm model replicas: none checked yet\nmap $model $modelswarm_model_upstream {\n    default "";\n}\n'
@@ -87,6 +88,9 @@ def new_key() -> tuple[str, str]:
     return key, hashlib.sha256(key.encode()).hexdigest()
 
 
+HARNESS_CERTIFICATE_NOT_AFTER = 1893456000  # 2030-01-01: the expiry the rendered configuration states
+
+
 def role_vars(**overrides) -> dict:
     """The variables the role's templates see: the contract's, the role's defaults, its NGINX and Docker API proxy
     settings."""
@@ -99,6 +103,8 @@ def role_vars(**overrides) -> dict:
         "_platform_registry_gateway": internal["_platform_registry_gateway"],
         "_platform_docker_api_proxy": internal["_platform_docker_api_proxy"],
         "ansible_managed": "Rendered by modelswarm.tooling.nginx_harness (a test); Ansible renders the real one.",
+        # What the platform role reads from the served certificate (tasks/metrics.yml): its notAfter, Unix time.
+        "_platform_certificate_not_after": HARNESS_CERTIFICATE_NOT_AFTER,
     }
     variables.update(overrides)
     return variables
@@ -137,7 +143,8 @@ def render_with_ansible(templates: Iterable[str], workdir: Path) -> dict[str, st
     playbook.write_text(json.dumps([play]))
     result = subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+         "-e", f"ansible_python_interpreter={sys.executable}",
+         "-e", f"_platform_certificate_not_after={HARNESS_CERTIFICATE_NOT_AFTER}", str(playbook)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if result.returncode != 0:
@@ -436,9 +443,11 @@ class HostNginx:
         shutil.copyfile(AUTH_JS, root / "modelswarm_auth.js")
         shutil.copyfile(WAIT_JS, root / "modelswarm_wait.js")
         shutil.copyfile(REPLICAS_JS, root / "modelswarm_replicas.js")
+        shutil.copyfile(METRICS_JS, root / "modelswarm_metrics.js")
         self.replicas_file = root / "replicas.conf"
         self.replicas_file.write_text(NO_REPLICAS)
         self.control_port = free_port()
+        self.status_port = free_port()
         # The replica router's socket: a short path (a Unix socket's path has at most 107 bytes; tmp_path is long).
         self.socket_dir = Path(tempfile.mkdtemp(prefix="msr-"))
         self.socket_dir.chmod(0o755)  # NGINX's workers (not root) connect to it, and look for the maintenance flag
@@ -462,6 +471,7 @@ class HostNginx:
             "auth_js": str(root / "modelswarm_auth.js"),
             "wait_js": str(root / "modelswarm_wait.js"),
             "replicas_js": str(root / "modelswarm_replicas.js"),
+            "metrics_js": str(root / "modelswarm_metrics.js"),
             "replicas_file": str(self.replicas_file),
             "router_conf": str(self.router_conf),
             "router_socket": str(self.socket_dir / "router.sock"),
@@ -481,6 +491,7 @@ class HostNginx:
             _platform_docker_api_proxy=proxy,
             platform_http_port=self.http_port,
             platform_https_port=self.https_port,
+            platform_nginx_status_port=self.status_port,
             modelswarm_model_port=upstream_port,
             modelswarm_console_port=upstream_port,
             **(settings or {}),

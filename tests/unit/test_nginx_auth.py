@@ -521,3 +521,36 @@ def test_refusals_carry_the_request_id_too_and_the_access_log_ends_with_it(nginx
 
     harness.wait_for(lambda: len(mine()) >= 2, 5, "two access log lines")
     assert [line.rsplit(" ", 1)[1] for line in mine()] == ["request_id=refused-0001", f"request_id={forbidden_id}"]
+
+
+# ------------------------------------------------------------------------------------------------ status listener
+
+
+def status_metrics(nginx) -> dict[str, float]:
+    """The samples of the status listener's /metrics, by name as Prometheus stores them (every one has # TYPE)."""
+    status, headers, body = nginx.request_to(nginx.status_port, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4"), body
+    lines = body.decode().splitlines()
+    samples = dict(line.split(" ") for line in lines if line and not line.startswith("#"))
+    typed = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
+    assert typed == set(samples), lines
+    return {name: float(value) for name, value in samples.items()}
+
+
+def test_the_status_listener_gives_prometheus_nginxs_counts_and_the_certificates_expiry(nginx, keys, source):
+    before = status_metrics(nginx)
+    for _ in range(5):
+        nginx.request("POST", "/models/iris/predict", bearer(keys["alice"][0]), BODY, source)
+    after = status_metrics(nginx)
+    assert before["nginx_up"] == after["nginx_up"] == 1
+    # Five predictions and the second scrape itself (stub_status counts every request, subrequests excepted).
+    assert after["nginx_http_requests_total"] - before["nginx_http_requests_total"] == 6
+    assert after["nginx_connections_accepted"] >= before["nginx_connections_accepted"] + 5
+    assert after["nginx_connections_active"] >= 1
+    assert after["modelswarm_tls_certificate_not_after_seconds"] == harness.HARNESS_CERTIFICATE_NOT_AFTER
+
+
+def test_the_status_listener_serves_nothing_else_and_its_stub_status_is_internal(nginx):
+    assert nginx.request_to(nginx.status_port, "GET", "/_modelswarm/stub_status")[0] == 404
+    assert nginx.request_to(nginx.status_port, "GET", "/models/iris/predict")[0] == 404
+    assert b"nginx_up" not in nginx.request("GET", "/metrics")[2]  # the public listener has no NGINX status
