@@ -27,9 +27,9 @@ CONSOLE_SERVICE = "console"  # the console's name on the platform network (NGINX
 # The swarm config in which the platform publishes what a deploy needs (registry, network, runtime image, CA).
 DEPLOY_FACTS_CONFIG = "modelswarm_deploy_facts"
 
-# The platform services pinned to the designated leader (they keep its data: ledger, registry storage). The stack
-# pins them, and the air-gapped bundle carries their images to the leader only.
-LEADER_PINNED_SERVICES = ("console", "postgres", "registry")
+# The platform services pinned to the designated leader (they keep its data: ledger, registry storage, metrics). The
+# stack pins them, and the air-gapped bundle carries their images to the leader only.
+LEADER_PINNED_SERVICES = ("console", "postgres", "registry", "prometheus")
 
 # --- Labels -------------------------------------------------------------------------------------------------------
 LEADER_LABEL = "modelswarm.leader"  # node label of the designated leader ("true"); pins console, PostgreSQL, registry

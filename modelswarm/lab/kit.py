@@ -1,7 +1,8 @@
 """The lab image kit and the air-gapped image bundle.
 
 On a machine with no registry, the platform's images are built from the Debian base: real NGINX, PostgreSQL, the
-registry, HAProxy (the Docker API proxy), the Python runtime and the console; clearly named placeholders stand in for
+registry, HAProxy (the Docker API proxy), Prometheus, Alertmanager, the node exporter, the Python runtime and the
+console; clearly named placeholders stand in for
 Consul, Logstash, Elasticsearch, LogSpout and Registrator (their images cannot be obtained offline). `save_bundle`
 writes them all into one tarball plus a manifest; the Ansible `images` role copies and loads it on every node.
 
@@ -63,6 +64,9 @@ KIT: tuple[KitImage, ...] = (
     ),
     KitImage("console", "modelswarm/console:0.1.0", "kit/console.Dockerfile.j2"),
     KitImage("docker_api_proxy", "modelswarm/lab-haproxy:2.6-bookworm", "kit/haproxy.Dockerfile.j2"),
+    KitImage("prometheus", "modelswarm/lab-prometheus:2.42-bookworm", "kit/prometheus.Dockerfile.j2"),
+    KitImage("alertmanager", "modelswarm/lab-alertmanager:0.25-bookworm", "kit/alertmanager.Dockerfile.j2"),
+    KitImage("node_exporter", "modelswarm/lab-node-exporter:1.5-bookworm", "kit/node-exporter.Dockerfile.j2"),
     *(
         KitImage(
             service,

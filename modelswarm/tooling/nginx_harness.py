@@ -102,6 +102,7 @@ def role_vars(**overrides) -> dict:
         "_platform_nginx": internal["_platform_nginx"],
         "_platform_registry_gateway": internal["_platform_registry_gateway"],
         "_platform_docker_api_proxy": internal["_platform_docker_api_proxy"],
+        "_platform_prometheus": internal["_platform_prometheus"],
         "ansible_managed": "Rendered by modelswarm.tooling.nginx_harness (a test); Ansible renders the real one.",
         # What the platform role reads from the served certificate (tasks/metrics.yml): its notAfter, Unix time.
         "_platform_certificate_not_after": HARNESS_CERTIFICATE_NOT_AFTER,
@@ -436,7 +437,10 @@ class HostNginx:
         self.conf = root / "nginx.conf"
         self.pid_file = root / "nginx.pid"
         self.process: subprocess.Popen | None = None
-        self.dns = StubDNS([contract.CONSOLE_SERVICE, *(contract.MODEL_SERVICE_PREFIX + m for m in models)])
+        prometheus = role_vars()["_platform_prometheus"]
+        self.dns = StubDNS(
+            [contract.CONSOLE_SERVICE, prometheus["service"], *(contract.MODEL_SERVICE_PREFIX + m for m in models)]
+        )
         root.mkdir(parents=True, exist_ok=True)
         self.grants_file.parent.mkdir(exist_ok=True)
         self.grants_file.write_text(grants)
@@ -494,6 +498,7 @@ class HostNginx:
             platform_nginx_status_port=self.status_port,
             modelswarm_model_port=upstream_port,
             modelswarm_console_port=upstream_port,
+            _platform_prometheus={**prometheus, "port": upstream_port},  # Prometheus is the echoing stub too
             **(settings or {}),
         )
         text = render("nginx.conf.j2", self.variables)

@@ -363,9 +363,9 @@ def scrape_with(monkeypatch, tmp_path, docker=None, database=True, token="scrape
     """(status, headers, {series: value}) of one GET /metrics with `token`."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    path = tmp_path / "scrape-token"
+    path = tmp_path / "monitoring-token"
     path.write_text("scrape-s3cret\n")
-    monkeypatch.setenv("MODELSWARM_SCRAPE_TOKEN_FILE", str(path))
+    monkeypatch.setenv("MODELSWARM_MONITORING_TOKEN_FILE", str(path))
 
     def client():
         if docker is None:
@@ -424,7 +424,7 @@ CLUSTER = FakeDocker(
 )
 
 
-def test_metrics_take_the_scrape_token_only(monkeypatch, tmp_path):
+def test_metrics_take_the_monitoring_token_only(monkeypatch, tmp_path):
     assert scrape_with(monkeypatch, tmp_path, CLUSTER, token="wrong")[0] == 401
     assert scrape_with(monkeypatch, tmp_path, CLUSTER, token=ROLE_KEYS["admin"])[0] == 401
     status, headers, _ = scrape_with(monkeypatch, tmp_path, CLUSTER)
@@ -457,3 +457,31 @@ def test_metrics_without_quorum_or_database_still_answer_with_those_at_0(monkeyp
     assert status == 200
     assert series == {("modelswarm_swarm_up", ()): 0, ("modelswarm_console_database_up", ()): 0}
     assert "metrics: the swarm did not answer (RuntimeError)" in capfd.readouterr().err
+
+
+def test_alerts_from_alertmanager_become_one_log_line_each(monkeypatch, tmp_path, capfd):
+    token = tmp_path / "monitoring-token"
+    token.write_text("mon-s3cret\n")
+    monkeypatch.setenv("MODELSWARM_MONITORING_TOKEN_FILE", str(token))
+    webhook = {
+        "version": "4", "status": "firing", "receiver": "platform",
+        "alerts": [
+            {"status": "firing", "labels": {"alertname": "ModelReplicasBelowSpec", "model": "iris"},
+             "annotations": {"summary": "Model iris: only 1 replica(s) run"}, "startsAt": "2026-12-07T04:50:00Z",
+             "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "/prometheus/graph"},
+            {"status": "resolved", "labels": {"alertname": "NodeDown", "node": "node2"}, "annotations": {},
+             "startsAt": "2026-12-07T04:40:00Z", "endsAt": "2026-12-07T04:45:00Z"},
+        ],
+    }  # fmt: skip
+    assert call("POST", "/internal/alerts", webhook, headers=as_role("admin"))[0] == 401  # a key is not the token
+    capfd.readouterr()
+    status, _, body = call("POST", "/internal/alerts", webhook, headers={"HTTP_AUTHORIZATION": "Bearer mon-s3cret"})
+    assert status == 200 and json.loads(body) == {"received": 2}
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith('{"annotations"')]
+    assert [(a["event"], a["status"], a["labels"]["alertname"]) for a in lines] == [
+        ("alert", "firing", "ModelReplicasBelowSpec"), ("alert", "resolved", "NodeDown"),
+    ]  # fmt: skip
+    status, _, body = call(
+        "POST", "/internal/alerts", {"alerts": "x"}, headers={"HTTP_AUTHORIZATION": "Bearer mon-s3cret"}
+    )
+    assert status == 400 and "webhook JSON" in json.loads(body)["error"]

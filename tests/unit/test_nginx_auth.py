@@ -420,6 +420,8 @@ def test_the_harness_renders_the_templates_as_ansible_does(tmp_path):
             "nginx-router.conf.j2",
             "nginx-router-route.conf.j2",
             "registry-gateway.conf.j2",
+            "prometheus.yml.j2",
+            "alertmanager.yml.j2",
         ],
         tmp_path,
     )
@@ -554,3 +556,23 @@ def test_the_status_listener_serves_nothing_else_and_its_stub_status_is_internal
     assert nginx.request_to(nginx.status_port, "GET", "/_modelswarm/stub_status")[0] == 404
     assert nginx.request_to(nginx.status_port, "GET", "/models/iris/predict")[0] == 404
     assert b"nginx_up" not in nginx.request("GET", "/metrics")[2]  # the public listener has no NGINX status
+
+
+# ---------------------------------------------------------------------------------------------------- Prometheus
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "basic"])
+def test_prometheus_opens_to_admin_keys_only_and_never_sees_the_key(nginx, keys, source, scheme):
+    path = "/prometheus/api/v1/alerts"
+    for name in SPECS:
+        key = keys[name][0]
+        headers = bearer(key) if scheme == "bearer" else basic(name, key)
+        status, _, body = nginx.request("GET", path, headers, None, source)
+        if SPECS[name][0] == "admin":
+            echoed = json.loads(body)
+            assert status == 200 and echoed["path"] == path, body  # Prometheus' own route prefix, unchanged
+            assert echoed["authorization"] is None and echoed["key_name"] is None
+        else:
+            assert status == 403, (name, body)
+            assert json.loads(body) == {"error": "only an admin key may open Prometheus"}
+    assert_unauthorized(*nginx.request("GET", path, {}, None, source))

@@ -23,11 +23,11 @@ Identity is checked before anything in the body is read: no identity -> 401, too
 Settings (environment), each secret a file (docker secrets): PGHOST, PGPORT, PGDATABASE, PGUSER (the owner, used only
 to migrate), MODELSWARM_DB_PASSWORD_FILE; the application role's password MODELSWARM_APP_DB_PASSWORD_FILE (requests
 run as `console_app`); MODELSWARM_BOOTSTRAP_KEYS_FILE and MODELSWARM_ADMIN_PASSWORD_FILE (what the converge hands
-over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); MODELSWARM_SCRAPE_TOKEN_FILE (Prometheus' token, the only
-credential /metrics takes); DOCKER_HOST: the stack sets the Docker API proxy
-(tcp://docker-api-proxy:2375, on the internal network docker-api), which allows the GETs of /version, /nodes,
-/services and /tasks that cluster() makes and refuses the rest (403); the default (the local socket) is for
-development only.
+over); MODELSWARM_GRANTS_TOKEN_FILE (NGINX's token); MODELSWARM_MONITORING_TOKEN_FILE (Prometheus' and
+Alertmanager's token: the only credential /metrics and /internal/alerts take); DOCKER_HOST: the stack sets the
+Docker API proxy (tcp://docker-api-proxy:2375, on the internal network docker-api), which allows the GETs of
+/version, /nodes, /services and /tasks that cluster() makes and refuses the rest (403); the default (the local
+socket) is for development only.
 """
 
 from __future__ import annotations
@@ -246,8 +246,8 @@ def grants_token_ok(environ) -> bool:
     return _token_ok(environ, "MODELSWARM_GRANTS_TOKEN_FILE", "/run/secrets/nginx_grants_token")
 
 
-def scrape_token_ok(environ) -> bool:
-    return _token_ok(environ, "MODELSWARM_SCRAPE_TOKEN_FILE", "/run/secrets/prometheus_scrape_token")
+def monitoring_token_ok(environ) -> bool:
+    return _token_ok(environ, "MODELSWARM_MONITORING_TOKEN_FILE", "/run/secrets/monitoring_token")
 
 
 def _token_ok(environ, env: str, default: str) -> bool:
@@ -375,6 +375,23 @@ def scrape(environ, _identity) -> Response:
     except Exception:
         database_up = False
     return Response(HTTPStatus.OK, metrics.render(state, database_up), [("Content-Type", metrics.CONTENT_TYPE)])
+
+
+ALERT_FIELDS = ("status", "labels", "annotations", "startsAt", "endsAt")
+
+
+def receive_alerts(environ, _identity) -> tuple[HTTPStatus, object]:
+    """Alertmanager's webhook (alertmanager.yml.j2): one JSON line per alert in the console's log (stdout), which
+    LogSpout carries to Logstash. The example receiver; platform_alertmanager_webhook_urls adds others."""
+    payload = read_json(environ)
+    alerts = payload.get("alerts") if isinstance(payload, dict) else None
+    if not isinstance(alerts, list) or not all(isinstance(a, dict) for a in alerts):
+        raise HTTPError(HTTPStatus.BAD_REQUEST, "expected Alertmanager's webhook JSON: an object with a list 'alerts'")
+    for alert in alerts:
+        line = {"event": "alert", **{k: alert.get(k) for k in ALERT_FIELDS}}
+        sys.stdout.write(json.dumps(line, separators=(",", ":"), sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return HTTPStatus.OK, {"received": len(alerts)}
 
 
 def api_cluster(_environ, _identity) -> tuple[HTTPStatus, object]:
@@ -539,7 +556,7 @@ def page(environ, identity: Identity) -> tuple[HTTPStatus, str]:
 
 # ------------------------------------------------------------------------------------------------ routing
 
-PUBLIC, SESSION_USER, GRANTS_TOKEN, SCRAPE_TOKEN = "public", "session", "grants", "scrape"
+PUBLIC, SESSION_USER, GRANTS_TOKEN, MONITORING_TOKEN = "public", "session", "grants", "monitoring"
 REQUEST_ID_KEY = "modelswarm.request_id"  # the request's id, in its WSGI environ
 INTERNAL_ERROR = "internal error: the console could not answer; its log has the details under this request id"
 PAGES = {page, login_form, login}
@@ -568,7 +585,8 @@ ROUTES: list[tuple[str, re.Pattern, Callable, str]] = [
     ("DELETE", re.compile(rf"^/api/users/({NAME})$"), disable_user, "admin"),
     ("POST", re.compile(rf"^/api/users/({NAME})/password$"), reset_password, "admin"),
     ("GET", re.compile(r"^/internal/grants$"), internal_grants, GRANTS_TOKEN),
-    ("GET", re.compile(r"^/metrics$"), scrape, SCRAPE_TOKEN),
+    ("GET", re.compile(r"^/metrics$"), scrape, MONITORING_TOKEN),
+    ("POST", re.compile(r"^/internal/alerts$"), receive_alerts, MONITORING_TOKEN),
 ]
 
 
@@ -580,9 +598,9 @@ def authorize(environ, handler: Callable, who: str) -> Identity | None:
         if not grants_token_ok(environ):
             raise HTTPError(HTTPStatus.UNAUTHORIZED, "this endpoint is for NGINX's grants token only")
         return None
-    if who == SCRAPE_TOKEN:
-        if not scrape_token_ok(environ):
-            raise HTTPError(HTTPStatus.UNAUTHORIZED, "this endpoint is for Prometheus' scrape token only")
+    if who == MONITORING_TOKEN:
+        if not monitoring_token_ok(environ):
+            raise HTTPError(HTTPStatus.UNAUTHORIZED, "this endpoint is for the monitoring token only")
         return None
     identity = identify(environ)
     if identity is None:

@@ -1,4 +1,4 @@
-"""The console's /metrics, for the platform's Prometheus (scraped with the scrape token, never through a key).
+"""The console's /metrics, for the platform's Prometheus (scraped with the monitoring token, never with a key).
 
 The swarm as its managers see it, read through the read-only Docker API proxy at each scrape, and the console's own
 database connection. The alert rules (roles/platform/files/prometheus/alerts.yml) read these series:

@@ -114,6 +114,19 @@ function verdict(r) {
     }
 }
 
+// js_set $modelswarm_admin_verdict: for the locations only an admin key may open (Prometheus).
+function adminVerdict(r) {
+    try {
+        var id = identity(r);
+        if (id === null) {
+            return '401';
+        }
+        return id.role === 'admin' ? 'ok' : '403';
+    } catch (e) {
+        return '401';
+    }
+}
+
 function answer(r, status, document) {
     r.headersOut['Content-Type'] = 'application/json';
     r.headersOut['Cache-Control'] = 'no-store';
@@ -129,6 +142,10 @@ function unauthorized(r) {
 
 // js_content of the location that answers a valid key without rights on the model.
 function forbidden(r) {
+    if (r.variables.modelswarm_admin_only === '1') {
+        answer(r, 403, {error: 'only an admin key may open ' + r.variables.modelswarm_admin_what});
+        return;
+    }
     var user = r.variables.promote_user;
     var model = r.variables.model || '';
     var reason;
@@ -159,4 +176,4 @@ function whoami(r) {
                     node: r.variables.hostname});
 }
 
-export default {digest, name, verdict, unauthorized, forbidden, whoami};
+export default {digest, name, verdict, adminVerdict, unauthorized, forbidden, whoami};
