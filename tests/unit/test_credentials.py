@@ -69,7 +69,7 @@ def test_every_credential_is_made_once_with_private_modes(first_run):
     made = secrets_of(tmp)
     assert set(made) == {
         "keys/controller-admin.key", "keys/controller-deploy.key", "console-db-password",
-        "console-app-db-password", "console-admin-password", "nginx-grants-token",
+        "console-app-db-password", "console-admin-password", "nginx-grants-token", "monitoring-token",
         f"registry/{contract.REGISTRY_USERS['push']}.password", f"registry/{contract.REGISTRY_USERS['pull']}.password",
         "registry/htpasswd",
     }  # fmt: skip

@@ -30,6 +30,7 @@ ALLOWED = {
     "tcp": [
         "/_ping", "/version", "/info", "/nodes", "/nodes/3x7kq0node", "/nodes/node-1.example", "/services",
         "/services/console", "/tasks", "/tasks/9w2task", "/tasks?filters=%7B%22service%22%3A%5B%22s%22%5D%7D",
+        "/networks", "/networks?filters=%7B%7D",  # Prometheus' swarm discovery names the tasks' networks
     ],
     "local": [
         "/_ping", "/version", "/info", "/events", "/events?since=0&filters=%7B%7D", "/containers/json",
@@ -63,7 +64,7 @@ POST /build
 GET /swarm
 GET /swarm/unlockkey
 POST /swarm/leave
-GET /networks
+GET /networks/abc
 GET /volumes
 GET /plugins
 GET /system/df
@@ -97,6 +98,7 @@ GET /_ping%00
 REFUSED_TEXT = {
     "tcp": BOTH
     + """
+POST /networks/create
 GET /containers/json
 GET /containers/abc/json
 GET /containers/abc/logs
@@ -415,9 +417,10 @@ def test_the_console_talks_to_the_proxy_on_the_internal_network():
     network = stack["networks"]["docker-api"]
     assert network["internal"] is True and not network.get("attachable")
     on_it = {name for name, service in stack["services"].items() if "docker-api" in service["networks"]}
-    # NGINX asks it whether a model's service exists while a request waits for a replica (modelswarm_wait.js).
-    # The workers' proxy is on it too; NGINX and the console ask for docker-api-proxy, which is the managers' only.
-    assert on_it == {"docker-api-proxy", "docker-api-proxy-workers", contract.CONSOLE_SERVICE, "nginx"}
+    # NGINX asks it whether a model's service exists while a request waits for a replica (modelswarm_wait.js);
+    # Prometheus finds its targets through it. The workers' proxy is on it too; NGINX, the console and Prometheus
+    # ask for docker-api-proxy, which is the managers' only.
+    assert on_it == {"docker-api-proxy", "docker-api-proxy-workers", contract.CONSOLE_SERVICE, "nginx", "prometheus"}
     role = harness.role_vars()
     nginx_conf = harness.render("nginx.conf.j2", role)
     assert f"set $modelswarm_docker_api docker-api-proxy:{settings['port']};" in nginx_conf

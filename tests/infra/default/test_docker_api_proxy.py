@@ -124,8 +124,9 @@ def test_from_the_console_get_nodes_passes_and_create_gets_403(host):
     assert host.check_output("docker ps -aq | sort") == before  # nothing was created
 
 
-def test_the_docker_api_network_is_internal_with_only_the_proxy_the_console_and_nginx(host):
-    """NGINX joins it to ask whether a model's service exists while a request waits for a replica."""
+def test_the_docker_api_network_is_internal_with_only_the_proxy_the_console_nginx_and_prometheus(host):
+    """NGINX joins it to ask whether a model's service exists while a request waits for a replica; Prometheus to
+    find its targets."""
     network = json.loads(host.check_output("docker network inspect %s_docker-api", STACK))[0]
     assert network["Internal"] is True and network["Attachable"] is False
     ids = host.check_output("docker service ls -q").split()
@@ -135,7 +136,9 @@ def test_the_docker_api_network_is_internal_with_only_the_proxy_the_console_and_
         for n in s["Spec"]["TaskTemplate"].get("Networks") or [] if n["Target"] == network["Id"]
     }  # fmt: skip
     # The workers' proxy joins it too, but the name docker-api-proxy resolves to the managers' proxies only.
-    assert attached == {PROXY, PROXY_WORKERS, f"{STACK}_{contract.CONSOLE_SERVICE}", f"{STACK}_nginx"}
+    assert attached == {
+        PROXY, PROXY_WORKERS, f"{STACK}_{contract.CONSOLE_SERVICE}", f"{STACK}_nginx", f"{STACK}_prometheus",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("service", ["logspout", "registrator"])

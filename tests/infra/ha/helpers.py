@@ -17,7 +17,10 @@ from tests.infra.helpers import bearer, controller_key, inventory, lab_addresses
 NODES = ("node1", "node2", "node3")
 DESIGNATED_LEADER = "node1"
 MODEL_SERVICE = "model-iris"
-PINNED = ("modelswarm_console", "modelswarm_postgres", "modelswarm_registry", "modelswarm_registry-gateway")
+PINNED = (
+    "modelswarm_console", "modelswarm_postgres", "modelswarm_registry", "modelswarm_registry-gateway",
+    "modelswarm_prometheus",
+)  # fmt: skip
 
 
 def host(node: str):
