@@ -32,6 +32,12 @@ def identities(monkeypatch):
     monkeypatch.setattr(app, "identify", identify)
 
 
+@pytest.fixture(autouse=True)
+def no_prometheus(monkeypatch):
+    """Pages read Prometheus (observed.traffic): here it has nothing (test_console_pages.py covers it)."""
+    monkeypatch.setattr(app.observed, "traffic", lambda now, timeout=3.0: {})
+
+
 def as_role(role):
     return {"HTTP_AUTHORIZATION": f"Bearer {ROLE_KEYS[role]}"}
 

@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +49,7 @@ from urllib.parse import parse_qs, quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from modelswarm import contract
-from modelswarm.apps.console import accounts, ledger
+from modelswarm.apps.console import accounts, ledger, observed
 from modelswarm.apps.console.accounts import Identity
 from modelswarm.apps.modelserver import httpguard
 from modelswarm.apps.modelserver.httpguard import HTTPError
@@ -61,6 +62,16 @@ APP_DB_ROLE = ledger.APPLICATION_ROLE  # requests run as this database role
 CHALLENGE = 'Bearer realm="modelswarm"'
 
 _pages = Environment(loader=PackageLoader("modelswarm.apps.console", "templates"), autoescape=select_autoescape())
+
+
+def _when(value: str | None) -> str:
+    """A ledger time (canonical UTC) as the pages show every time: to the second, in UTC."""
+    if not value:
+        return ""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+_pages.filters["when"] = _when
 _prepared = False
 
 
@@ -529,28 +540,75 @@ def logout(environ, identity: Identity) -> Response:
     return Response(HTTPStatus.SEE_OTHER, "", [("Location", "/login"), _cookie(SESSION_COOKIE, "", max_age=0)])
 
 
-def page(environ, identity: Identity) -> tuple[HTTPStatus, str]:
+ROLLOUTS_SHOWN = 20
+ROLLOUTS_READ = 500  # the newest entries read for a page: real changes among them first, no-op deploys folded
+
+
+def fold_no_ops(rows: list[dict], shown: int = ROLLOUTS_SHOWN) -> tuple[list[dict], int]:
+    """Real changes first: the newest `shown` entries that changed something, and how many no-op deploys (a deploy
+    of what already ran) were folded away. They stay in the ledger and in /api/rollouts."""
+    real = [r for r in rows if r["result"] != "no_op"]
+    return real[:shown], len(rows) - len(real)
+
+
+def _gather(environ, model: str | None = None) -> dict:
+    """What a page shows: the swarm, the ledger (no-ops folded), each model's last hour from Prometheus. A part that
+    cannot be read is named in `problems` (the details: in the log, under the request id) and the rest still shows."""
     problems = []
+    rid = environ.get(REQUEST_ID_KEY, "-")
     try:
         state = cluster()
-    except Exception as exc:  # the page still renders, saying what it could not read (the details: in the log)
-        rid = environ.get(REQUEST_ID_KEY, "-")
+    except Exception as exc:
         httpguard.log_failure(rid, "page: the Docker API failed", exc)
         state, problems = {"nodes": [], "services": []}, [f"Docker API unavailable (request id {rid})"]
     try:
-        rollouts = with_db(lambda conn: ledger.history(conn, None, 20))
+        rows = with_db(lambda conn: ledger.history(conn, model, ROLLOUTS_READ))
     except HTTPError as exc:
         log_internal(environ, exc)
-        rollouts, problems = [], [*problems, exc.message]
-    html = _pages.get_template("index.html.j2").render(
-        nodes=state["nodes"],
-        services=[s for s in state["services"] if not s["name"].startswith(contract.MODEL_SERVICE_PREFIX)],
-        models=models(state),
-        rollouts=rollouts,
-        problems=problems,
-        identity=identity,
-        now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-    )
+        rows, problems = [], [*problems, exc.message]
+    rollouts, folded = fold_no_ops(rows)
+    now = time.time()
+    try:
+        traffic = observed.traffic(now)
+    except observed.PrometheusUnavailable as exc:
+        sys.stderr.write(f"request_id={rid} page: {exc}\n")
+        traffic, problems = {}, [*problems, f"metrics unavailable: {exc} (request id {rid})"]
+    shown = []
+    for service in models(state):
+        seen = traffic.get(service["model"] or "", observed.Traffic())
+        start = now - observed.WINDOW_SECONDS
+        shown.append({
+            **service,
+            "now": {name: seen.now(name) for name in observed.QUERIES},
+            "charts": {
+                "rate": observed.chart([seen.series.get("rate", [])], start, now),
+                "errors": observed.chart([seen.series.get("errors", [])], start, now),
+                "latency": observed.chart([seen.series.get("p50", []), seen.series.get("p99", [])], start, now),
+            },
+        })  # fmt: skip
+    return {
+        "nodes": state["nodes"],
+        "services": [s for s in state["services"] if not s["name"].startswith(contract.MODEL_SERVICE_PREFIX)],
+        "models": shown,
+        "rollouts": rollouts,
+        "folded": folded,
+        "problems": problems,
+        "now": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
+def page(environ, identity: Identity) -> tuple[HTTPStatus, str]:
+    html = _pages.get_template("index.html.j2").render(identity=identity, **_gather(environ))
+    return HTTPStatus.OK, html
+
+
+def model_page(environ, identity: Identity, name: str) -> tuple[HTTPStatus, str]:
+    """One model: its numbers and larger charts of the last hour, and its own rollouts."""
+    seen = _gather(environ, name)
+    model = next((m for m in seen["models"] if m["model"] == name), None)
+    if model is None:
+        raise HTTPError(HTTPStatus.NOT_FOUND, f"no model '{name}' is deployed")
+    html = _pages.get_template("model.html.j2").render(identity=identity, model=model, **seen)
     return HTTPStatus.OK, html
 
 
@@ -559,12 +617,13 @@ def page(environ, identity: Identity) -> tuple[HTTPStatus, str]:
 PUBLIC, SESSION_USER, GRANTS_TOKEN, MONITORING_TOKEN = "public", "session", "grants", "monitoring"
 REQUEST_ID_KEY = "modelswarm.request_id"  # the request's id, in its WSGI environ
 INTERNAL_ERROR = "internal error: the console could not answer; its log has the details under this request id"
-PAGES = {page, login_form, login}
+PAGES = {page, model_page, login_form, login}
 NAME = contract.PRINCIPAL_NAME_PATTERN
 
 # (method, path, handler, who may call it: a role of the contract, PUBLIC, SESSION_USER or GRANTS_TOKEN)
 ROUTES: list[tuple[str, re.Pattern, Callable, str]] = [
     ("GET", re.compile(r"^/$"), page, "viewer"),
+    ("GET", re.compile(rf"^/model/({contract.MODEL_NAME_PATTERN})$"), model_page, "viewer"),
     ("GET", re.compile(r"^/healthz$"), health, PUBLIC),
     ("GET", re.compile(r"^/login$"), login_form, PUBLIC),
     ("POST", re.compile(r"^/login$"), login, PUBLIC),
