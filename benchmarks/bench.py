@@ -1,6 +1,7 @@
 """Benchmarks on a lab of its own: they print figures; they assert nothing (the tests do that).
 
     .venv/bin/python benchmarks/bench.py all    # or some of: converge hop replicas heartbeat leader frozen rollout auth
+                                                # observability
     .venv/bin/python benchmarks/bench.py down    # remove the bench lab
 
 The lab is `modelswarm-bench` on 172.30.95.0/24 unless MODELSWARM_LAB_PREFIX / MODELSWARM_LAB_SUBNET say otherwise.
@@ -19,6 +20,8 @@ from `hey` through modelswarm.load, to lab addresses only.
 - frozen:    a gray failure: one of the two replicas frozen (docker pause) for 60 s while 4 clients send 20 predictions
              per second through another node's NGINX; failed requests and p50/p99/max latency.
 - rollout:   duration of a version bump (code-only change) and of a no-op deploy.
+- observability: the cost of the model server's metrics and prediction log line: full-speed predictions through
+             NGINX with both on and both off (service environment), in alternating rounds; throughput and p50.
 - auth:      the cost of NGINX's API key checks: the host's nginx + njs on loopback (no lab), the role's own
              nginx.conf, two locations proxying to the same fast upstream (an NGINX `return 200` server), one with
              the key checks (the model route) and one without (the same location minus the checks); p50/p99 of
@@ -467,6 +470,42 @@ def bench_auth(requests: int = 20000) -> None:
         record("key checks, software", nginx=versions.strip().split("/")[-1], njs=_njs_version())
 
 
+OBSERVABILITY_OFF = ("MODELSWARM_PREDICTION_LOG=0", "MODELSWARM_METRICS=0")
+
+
+def bench_observability(rounds: int = 3, requests: int = 4000) -> None:
+    """The cost of the model server's prediction log line and metrics: full-speed predictions through NGINX with both
+    on (the default) and both off (MODELSWARM_PREDICTION_LOG=0, MODELSWARM_METRICS=0 on the service), in alternating
+    rounds on the same lab, so that drift hits both sides alike."""
+    say(f"observability: metrics + prediction logs on vs off, {rounds} rounds of {requests} predictions each way")
+    url = f"http://{address('node2')}/models/iris/predict"
+    results: dict[str, list] = {"on": [], "off": []}
+
+    def switch(mode: str) -> None:
+        flags = " ".join(
+            f"--env-add {e}" if mode == "off" else f"--env-rm {e.split('=')[0]}" for e in OBSERVABILITY_OFF
+        )
+        on_node("node1", f"docker service update --quiet --detach=false {flags} model-iris >/dev/null")
+        time.sleep(3)  # every node's replica check has the new replicas
+        load(url, 500, 8)  # warm up
+
+    try:
+        for _ in range(rounds):
+            for mode in ("on", "off"):
+                switch(mode)
+                results[mode].append(load(url, requests, 16))
+    finally:
+        switch("on")
+    figures = {}
+    for mode, runs in results.items():
+        figures[f"{mode}_rps"] = round(sum(r.requests_per_second for r in runs) / len(runs), 1)
+        figures[f"{mode}_p50_ms"] = round(sum(r.p50_ms for r in runs) / len(runs), 2)
+        figures[f"{mode}_failed"] = sum(r.failed for r in runs)
+    figures["throughput_cost_percent"] = round(100 * (1 - figures["on_rps"] / figures["off_rps"]), 1)
+    figures["p50_cost_ms"] = round(figures["on_p50_ms"] - figures["off_p50_ms"], 2)
+    record("observability cost", **figures)
+
+
 def _njs_version() -> str:
     result = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", "libnginx-mod-http-js"], capture_output=True, text=True, check=False
@@ -481,7 +520,7 @@ def bench_down() -> None:
 
 BENCHES = {"converge": bench_converge, "hop": bench_hop, "replicas": bench_replicas,
            "heartbeat": bench_heartbeat, "leader": bench_leader, "frozen": bench_frozen, "rollout": bench_rollout,
-           "auth": bench_auth}  # fmt: skip
+           "auth": bench_auth, "observability": bench_observability}  # fmt: skip
 # Benchmarks that need no lab (they run on the host, on loopback).
 NO_LAB = {"auth"}
 
