@@ -13,9 +13,10 @@ from tests.infra.helpers import call, inventory, lab_addresses, leaked, secrets_
 
 testinfra_hosts = ["ansible://node1"]
 STACK = "modelswarm"
-GLOBAL = ["nginx", "docker-api-proxy", "logspout", "registrator"]
-SINGLE = ["consul", "logstash", "elasticsearch"]
-ON_LEADER = ["console", "postgres", "registry", "registry-gateway"]
+GLOBAL = ["nginx", "docker-api-proxy", "logspout", "registrator", "node-exporter"]
+SINGLE = ["consul", "logstash", "elasticsearch", "alertmanager"]
+PLACEHOLDERS = ["consul", "logstash", "elasticsearch", "logspout", "registrator"]
+ON_LEADER = ["console", "postgres", "registry", "registry-gateway", "prometheus"]
 NODES = sorted(lab_addresses())
 
 
@@ -157,7 +158,7 @@ def test_no_secret_appears_in_service_inspect(host):
 
 
 def test_lab_placeholders_are_labelled_as_such(host):
-    for service in [*SINGLE, "logspout", "registrator"]:
+    for service in PLACEHOLDERS:
         image = json.loads(host.check_output("docker service inspect %s_%s", STACK, service))[0]["Spec"][
             "TaskTemplate"
         ]["ContainerSpec"]["Image"]
