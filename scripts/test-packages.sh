@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packages the unit tests run real servers from, on loopback only: PostgreSQL 15 (a throwaway cluster per test
 # session, for the ledger, keys and users), NGINX with njs (the key checks that every node runs) and HAProxy (the
-# Docker API proxy's allow-lists); Prometheus and Alertmanager for promtool and amtool (the alert rules' and configurations' checks).
+# Docker API proxy's allow-lists); Prometheus and Alertmanager for promtool and amtool (the alert rules' and
+# configurations' checks); Chromium (headless: the console's pages as a browser renders them).
 #
 # Installed from the distribution's repositories without starting anything: no default PostgreSQL cluster is
 # created and no service is started (policy-rc.d), so the machine runs nothing it did not run before.
@@ -17,9 +18,10 @@ missing=()
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/bin/amtool ] || missing+=(prometheus-alertmanager)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  say "present (postgresql-15, nginx-light, libnginx-mod-http-js, haproxy, prometheus, prometheus-alertmanager)"
+  say "present (postgresql-15, nginx-light, libnginx-mod-http-js, haproxy, prometheus, prometheus-alertmanager, chromium)"
   exit 0
 fi
 [ "$(id -u)" = "0" ] || { echo "test-packages: installing ${missing[*]} needs root" >&2; exit 1; }

@@ -154,3 +154,38 @@ def test_without_prometheus_the_pages_say_so_and_show_the_rest(console, promethe
     assert status == 200 and "metrics unavailable: Prometheus did not answer (HTTPError)" in page
     assert 'href="model/iris"' in page and "<polyline" not in page and "succeeded" in page
     assert "page: Prometheus did not answer" in capfd.readouterr().err
+
+
+def test_chromium_renders_the_model_pages_charts(console, prometheus, tmp_path):
+    """The model page as a browser draws it (Debian's Chromium, headless): every chart's lines are laid out with a
+    size, and the screenshot is kept (test-artifacts/console-model-page.png). The page has no script of its own; the
+    copy opened here gets one that writes the lines' boxes into the document, which Chromium then dumps."""
+    import shutil
+    import subprocess
+
+    from modelswarm.tooling.nginx_harness import REPO
+
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: scripts/test-packages.sh installs it"
+    status, _, body = get("/model/iris")
+    assert status == 200
+    probe = (
+        "<script>document.body.setAttribute('data-boxes', JSON.stringify([...document.querySelectorAll("
+        "'figure')].map(f => [f.id, [...f.querySelectorAll('polyline')].map(p => {const b = p.getBBox(); "
+        "return [Math.round(b.width), Math.round(b.height)];})])));</script>"
+    )
+    page = tmp_path / "model.html"
+    page.write_text(body.decode().replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000", f"--user-data-dir={tmp_path}"]
+    dumped = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                            timeout=120, check=False)  # fmt: skip
+    boxes = dict(json.loads(re.search(r'data-boxes="([^"]*)"', dumped.stdout).group(1).replace("&quot;", '"')))
+    assert set(boxes) == {"chart-rate", "chart-errors", "chart-latency"}
+    assert len(boxes["chart-rate"]) == 2 and len(boxes["chart-latency"]) == 4 and boxes["chart-errors"] == []
+    assert all(width > 20 for width, _ in boxes["chart-rate"] + boxes["chart-latency"]), boxes
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "console-model-page.png"
+    taken = subprocess.run([chromium, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                           text=True, timeout=120, check=False)  # fmt: skip
+    assert taken.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", taken.stderr[-2000:]
