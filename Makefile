@@ -121,21 +121,6 @@ bench: engine venv kit ## Benchmarks on a lab of their own (prints figures, writ
 cis: venv ## CIS Docker Benchmark v1.6 sections 5 and 7 on the lab's leader, read-only (INVENTORY=, NODE=all).
 	@python -m modelswarm.tooling.cis -i $(or $(INVENTORY),inventory/lab) $(if $(NODE),--node $(NODE))
 
-# The CentOS 7 lock's scenario in two halves, so CI can build its lab while `make test` runs (.ci/run).
-EL7 := VENV=.venv-el7 LOCK=requirements/lock-el7.txt SCENARIOS=legacy-core
-
-.PHONY: molecule-steps
-molecule-steps: engine venv # Molecule's steps STEPS of SCENARIOS, in order; a failed verify still removes the lab.
-	@for s in $(SCENARIOS); do for step in $(STEPS); do \
-	   echo "molecule: scenario $$s, $$step"; \
-	   if [ "$$step" = verify ]; then molecule verify -s $$s || { molecule destroy -s $$s; exit 1; }; \
-	   else molecule $$step -s $$s; fi; \
-	 done; done
-
-.PHONY: test-el7 test-el7-build test-el7-verify
+.PHONY: test-el7
 test-el7: engine ## The cluster scenario with the CentOS 7 lock (ansible-core 2.16, .venv-el7), then the HA cases on it.
-	@$(MAKE) --no-print-directory molecule $(EL7)
-test-el7-build: engine ## test-el7's first half: its lab, the converge and its idempotence (CI runs it beside make test).
-	@$(MAKE) --no-print-directory molecule-steps $(EL7) STEPS="destroy syntax create converge idempotence"
-test-el7-verify: engine ## test-el7's second half, on the lab test-el7-build left: the verify, then the lab's removal.
-	@$(MAKE) --no-print-directory molecule-steps $(EL7) STEPS="verify destroy"
+	@$(MAKE) --no-print-directory molecule VENV=.venv-el7 LOCK=requirements/lock-el7.txt SCENARIOS=legacy-core
