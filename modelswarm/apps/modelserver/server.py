@@ -174,6 +174,19 @@ ERRORS = Counter(
 )  # fmt: skip
 
 
+# This model's and version's series, looked up once (a labels() call per request costs more than the increment).
+_IN_FLIGHT = IN_FLIGHT.labels(**_LABELS)
+_DURATION = DURATION.labels(**_LABELS)
+_ANSWERED: dict[int, object] = {}
+
+
+def _answered(code: int):
+    child = _ANSWERED.get(code)
+    if child is None:
+        child = _ANSWERED[code] = REQUESTS.labels(code=str(code), **_LABELS)
+    return child
+
+
 def _error(kind):
     ERRORS.labels(kind=kind, **_LABELS).inc()
 
@@ -260,7 +273,7 @@ def application(environ, start_response):
     counted = prediction and METRICS
     started = time.perf_counter()
     if counted:
-        IN_FLIGHT.labels(**_LABELS).inc()
+        _IN_FLIGHT.inc()
     try:
         status, text, content_type = _answer(environ, rid)
     except HTTPError as exc:
@@ -272,9 +285,9 @@ def application(environ, start_response):
         text = json.dumps({"error": "internal error", "request_id": rid})
     seconds = time.perf_counter() - started
     if counted:
-        IN_FLIGHT.labels(**_LABELS).dec()
-        REQUESTS.labels(code=str(status.value), **_LABELS).inc()
-        DURATION.labels(**_LABELS).observe(seconds)
+        _IN_FLIGHT.dec()
+        _answered(status.value).inc()
+        _DURATION.observe(seconds)
     if prediction and PREDICTION_LOG:
         _log_prediction(environ, rid, status, seconds, environ.get("modelswarm.body"))
     body = (text + "\n").encode()
