@@ -217,6 +217,11 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _whole_number(value: object, low: int, high: int) -> bool:
+    """A manifest's whole number within [low, high] (YAML's true/false are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate a bundle directory; raise BundleError listing every problem found."""
     root = Path(path)
@@ -307,19 +312,13 @@ def load_bundle(path: str | Path) -> Bundle:
     secrets = _check_secrets(manifest.get("secrets", []) or [], problems)
     examples, example_count = _check_examples(root, manifest.get("examples", DEFAULT_EXAMPLES), problems)
     queue_timeout = manifest.get("queue_timeout", contract.DEFAULT_QUEUE_TIMEOUT)
-    if (
-        not isinstance(queue_timeout, int)
-        or isinstance(queue_timeout, bool)
-        or not 0 <= queue_timeout <= contract.MAX_QUEUE_TIMEOUT
-    ):
+    if not _whole_number(queue_timeout, 0, contract.MAX_QUEUE_TIMEOUT):
         problems.append(
             f"queue_timeout {queue_timeout!r}: whole seconds from 0 to {contract.MAX_QUEUE_TIMEOUT} that a request "
             "waits while the model has no replica that can answer (0: answer 503 at once)"
         )
     timeout = manifest.get("timeout")
-    if timeout is not None and (
-        not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= contract.MAX_TIMEOUT
-    ):
+    if timeout is not None and not _whole_number(timeout, 1, contract.MAX_TIMEOUT):
         problems.append(
             f"timeout {timeout!r}: whole seconds from 1 to {contract.MAX_TIMEOUT} that a replica may take to answer "
             "before NGINX sends the request to another replica (leave it out for the platform's default)"
@@ -330,11 +329,7 @@ def load_bundle(path: str | Path) -> Bundle:
             f"log_payload {log_payload!r}: true or false (true: each prediction's log line carries its request body)"
         )
     slo_p99_ms = manifest.get("slo_p99_ms", contract.DEFAULT_SLO_P99_MS)
-    if (
-        not isinstance(slo_p99_ms, int)
-        or isinstance(slo_p99_ms, bool)
-        or not 1 <= slo_p99_ms <= contract.MAX_SLO_P99_MS
-    ):
+    if not _whole_number(slo_p99_ms, 1, contract.MAX_SLO_P99_MS):
         problems.append(
             f"slo_p99_ms {slo_p99_ms!r}: whole milliseconds from 1 to {contract.MAX_SLO_P99_MS}, the p99 latency "
             "the model should keep (an alert fires above it)"

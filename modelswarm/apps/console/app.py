@@ -574,9 +574,9 @@ def _gather(environ, model: str | None = None) -> dict:
         sys.stderr.write(f"request_id={rid} page: {exc}\n")
         traffic, problems = {}, [*problems, f"metrics unavailable: {exc} (request id {rid})"]
     shown = []
+    start = now - observed.WINDOW_SECONDS
     for service in models(state):
         seen = traffic.get(service["model"] or "", observed.Traffic())
-        start = now - observed.WINDOW_SECONDS
         shown.append({
             **service,
             "now": {name: seen.now(name) for name in observed.QUERIES},
