@@ -301,6 +301,22 @@ def test_the_body_is_logged_only_when_the_model_opts_in(server, capfd, monkeypat
     assert json.loads(line["payload"]) == {"x": 1, "note": "opted-in"}
 
 
+def test_the_log_line_stays_one_json_line_whatever_the_request_carries(server, capfd, monkeypatch):
+    """The line is built as text: a request id or key name with quotes, or a body with quotes, newlines and bytes that
+    are not UTF-8, must neither break it nor split it."""
+    monkeypatch.setattr(server, "LOG_PAYLOAD", True)
+    capfd.readouterr()
+    body = b'{"x": 1, "note": "a \\"quoted\\" \\n line \\u2028"}'
+    call(server, body=body, headers={"HTTP_X_REQUEST_ID": 'id"},"x":"', "HTTP_X_MODELSWARM_KEY_NAME": "k\n"})
+    call(server, body=b'{"x": "\xff\xfe"}')
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if '"event":"prediction"' in line]
+    assert len(lines) == 2, out
+    first, second = (json.loads(line) for line in lines)
+    assert re.fullmatch(r"[0-9a-f]{32}", first["request_id"]) and first["key"] == "-"
+    assert first["payload"] == body.decode() and second["payload"] == '{"x": "\ufffd\ufffd"}'
+
+
 def test_the_log_and_the_metrics_each_turn_off(server, capfd, monkeypatch):
     before = counts(server)
     monkeypatch.setattr(server, "PREDICTION_LOG", False)

@@ -9,6 +9,7 @@ Every wait is bounded."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -135,6 +136,30 @@ def test_an_alert_fires_when_the_model_runs_below_its_declared_replicas_and_reac
     finally:
         manager.check_output("docker service scale --detach %s=%s", SERVICE, str(declared))
     wait_for("iris back at its replicas", lambda: len(query('up{job="models"} == 1')) >= declared, 120, interval=5)
+
+
+def test_the_consoles_model_page_shows_the_models_numbers_and_charts():
+    """/model/iris, through another node's NGINX: after predictions, its request rate, p50 and p99 as numbers and its
+    rate and latency charts drawn (p50 and p99 lines: the charts need two points a minute apart, so this may wait)."""
+    for n in range(60):
+        assert call(NODES[n % len(NODES)], "POST", "/models/iris/predict", json=IRIS_INPUT, scheme="http").ok
+
+    def shown():
+        page = call("node3", "GET", "/model/iris")
+        assert page.status_code == 200, page.text[:500]
+        row = re.search(r"<tr><th>req/s</th>.*?</tr>\s*<tr>(.*?)</tr>", page.text, re.DOTALL)
+        assert row, page.text[:2000]
+        rate, errors, p50, p99 = re.findall(r"<td>([^<]*)</td>", row.group(1))
+        charts = {
+            name: len(re.findall(r"<polyline ", chart))
+            for name, chart in re.findall(r'<figure id="chart-(\w+)">(.*?)</figure>', page.text, re.DOTALL)
+        }  # fmt: skip
+        drawn = rate != "-" and float(rate) > 0 and p50.endswith(" ms") and p99.endswith(" ms")
+        return (drawn and charts.get("rate", 0) >= 1 and charts.get("latency", 0) >= 2) and (errors, charts)
+
+    errors, charts = wait_for("the model page's numbers and charts", shown, 180, interval=10)
+    assert errors in ("0.0 %", "-"), errors  # no server error among these predictions
+    assert set(charts) == {"rate", "errors", "latency"}
 
 
 def test_a_predictions_log_line_and_the_access_log_carry_the_request_id_the_client_got():
