@@ -21,7 +21,8 @@ from `hey` through modelswarm.load, to lab addresses only.
              per second through another node's NGINX; failed requests and p50/p99/max latency.
 - rollout:   duration of a version bump (code-only change) and of a no-op deploy.
 - observability: the cost of the model server's metrics and prediction log line: full-speed predictions through
-             NGINX with both on and both off (service environment), in alternating rounds; throughput and p50.
+             NGINX with both on, both off and each alone (service environment), in rounds that rotate the order;
+             throughput, p50, and the replica's host's CPU per 1,000 predictions.
 - auth:      the cost of NGINX's API key checks: the host's nginx + njs on loopback (no lab), the role's own
              nginx.conf, two locations proxying to the same fast upstream (an NGINX `return 200` server), one with
              the key checks (the model route) and one without (the same location minus the checks); p50/p99 of
@@ -470,47 +471,94 @@ def bench_auth(requests: int = 20000) -> None:
         record("key checks, software", nginx=versions.strip().split("/")[-1], njs=_njs_version())
 
 
-OBSERVABILITY_OFF = ("MODELSWARM_PREDICTION_LOG=0", "MODELSWARM_METRICS=0")
+# Each mode of the cost benchmark: the model server's two switches (MODELSWARM_PREDICTION_LOG, MODELSWARM_METRICS).
+OBSERVABILITY_MODES = {"on": ("1", "1"), "off": ("0", "0"), "log_only": ("1", "0"), "metrics_only": ("0", "1")}
 
 
-def bench_observability(rounds: int = 4, requests: int = 4000) -> None:
-    """The cost of the model server's prediction log line and metrics: full-speed predictions through NGINX with both
-    on (the default) and both off (MODELSWARM_PREDICTION_LOG=0, MODELSWARM_METRICS=0 on the service), in alternating
-    rounds on the same lab, so that drift hits both sides alike. One replica, kept on node3 and reached through
+def _node_cpu_seconds(node: str) -> float | None:
+    """CPU seconds the lab host `node` (its container: dockerd, containerd, every container on it) has used: from
+    Docker's stats, else from the container's cgroup (cgroup v1 cpuacct, or v2 cpu.stat, as the engine's cgroup
+    driver lays it out); None where neither tells."""
+    container = docker.from_env().containers.get(SETTINGS.container_name(node))
+    used = container.stats(stream=False, one_shot=True)["cpu_stats"]["cpu_usage"].get("total_usage") or 0
+    if used:
+        return used / 1e9
+    cgroups = Path("/sys/fs/cgroup")
+    for path in (cgroups / "cpuacct" / "docker" / container.id / "cpuacct.usage",):
+        if path.exists():
+            return int(path.read_text()) / 1e9
+    for path in (cgroups / "docker" / container.id / "cpu.stat",
+                 cgroups / "system.slice" / f"docker-{container.id}.scope" / "cpu.stat"):  # fmt: skip
+        if path.exists():
+            fields = dict(line.split() for line in path.read_text().splitlines())
+            return int(fields["usage_usec"]) / 1e6
+    return None
+
+
+def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
+    """The cost of the model server's prediction log line and metrics: full-speed predictions through NGINX in four
+    modes - both on (the default), both off, and each alone (the service's environment) - in rounds that rotate the
+    modes' order, on the same lab, so that drift hits every mode alike. One replica, kept on node3 and reached through
     node2's NGINX, so that every round takes the same path (with two, where the update puts them decides the figure
-    more than what is measured). Medians of the rounds, with the lowest and highest."""
-    say(f"observability: metrics + prediction logs on vs off, {rounds} rounds of {requests} predictions each way")
+    more than what is measured). Per mode: the median throughput and p50 of the rounds, with the lowest and highest,
+    and node3's CPU per 1,000 predictions (all of the replica's host: the server, and Docker's logging of each line),
+    which a 2-core machine shared by three lab hosts and the load generator measures more steadily than throughput."""
+    modes = list(OBSERVABILITY_MODES)
+    say(f"observability: the model server's metrics and prediction log, modes {', '.join(modes)}; {rounds} rounds of "
+        f"{requests} predictions per mode, the order rotating")  # fmt: skip
     url = f"http://{address('node2')}/models/iris/predict"
-    results: dict[str, list] = {"on": [], "off": []}
+    results: dict[str, list] = {mode: [] for mode in modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode in modes}
 
     def switch(mode: str) -> None:
-        flags = " ".join(
-            f"--env-add {e}" if mode == "off" else f"--env-rm {e.split('=')[0]}" for e in OBSERVABILITY_OFF
-        )
-        on_node("node1", f"docker service update --quiet --detach=false {flags} model-iris >/dev/null")
+        log, metrics = OBSERVABILITY_MODES[mode]
+        on_node("node1", "docker service update --quiet --detach=false "
+                         f"--env-add MODELSWARM_PREDICTION_LOG={log} --env-add MODELSWARM_METRICS={metrics} "
+                         "model-iris >/dev/null")  # fmt: skip
         time.sleep(3)  # every node's replica check has the new replica
         load(url, 500, 8)  # warm up
 
     on_node("node1", "docker service update --quiet --detach=false --replicas 1 "
                      "--constraint-add node.hostname==node3 model-iris >/dev/null")  # fmt: skip
     try:
-        for _ in range(rounds):
-            for mode in ("on", "off"):
+        for round_ in range(rounds):
+            for mode in modes[round_ % len(modes) :] + modes[: round_ % len(modes)]:
                 switch(mode)
-                results[mode].append(load(url, requests, 16))
+                before = _node_cpu_seconds("node3")
+                result = load(url, requests, 16)
+                after = _node_cpu_seconds("node3")
+                if before is not None and after is not None:
+                    cpu[mode].append((after - before) / max(result.ok, 1) * 1000)
+                results[mode].append(result)
+                used = f"{cpu[mode][-1]:.3f} CPU s per 1,000" if cpu[mode] else "CPU not measurable"
+                say(f"    round {round_ + 1} {mode}: {result.requests_per_second:.1f}/s, p50 {result.p50_ms:.1f} ms, "
+                    f"node3 {used}, {result.failed} failed")  # fmt: skip
     finally:
-        switch("on")
-        on_node("node1", "docker service update --quiet --detach=false --replicas 2 "
-                         "--constraint-rm node.hostname==node3 model-iris >/dev/null")  # fmt: skip
+        on_node("node1", "docker service update --quiet --detach=false --env-rm MODELSWARM_PREDICTION_LOG "
+                         "--env-rm MODELSWARM_METRICS --replicas 2 --constraint-rm node.hostname==node3 "
+                         "model-iris >/dev/null")  # fmt: skip
+
+    def median(values: list[float]) -> float:
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
     figures = {}
     for mode, runs in results.items():
-        rps = sorted(r.requests_per_second for r in runs)
-        p50 = sorted(r.p50_ms for r in runs)
-        figures[f"{mode}_rps_median"] = round(rps[len(rps) // 2], 1)
-        figures[f"{mode}_rps_range"] = [round(rps[0], 1), round(rps[-1], 1)]
-        figures[f"{mode}_p50_ms_median"] = round(p50[len(p50) // 2], 2)
+        rps = [r.requests_per_second for r in runs]
+        figures[f"{mode}_rps_median"] = round(median(rps), 1)
+        figures[f"{mode}_rps_range"] = [round(min(rps), 1), round(max(rps), 1)]
+        figures[f"{mode}_p50_ms_median"] = round(median([r.p50_ms for r in runs]), 2)
+        figures[f"{mode}_node3_cpu_s_per_1000"] = round(median(cpu[mode]), 3) if cpu[mode] else None
         figures[f"{mode}_failed"] = sum(r.failed for r in runs)
-    figures["throughput_cost_percent"] = round(100 * (1 - figures["on_rps_median"] / figures["off_rps_median"]), 1)
+    for mode in ("on", "log_only", "metrics_only"):
+        figures[f"{mode}_throughput_cost_percent"] = round(
+            100 * (1 - figures[f"{mode}_rps_median"] / figures["off_rps_median"]), 1
+        )
+        if cpu[mode] and cpu["off"]:
+            figures[f"{mode}_cpu_cost_percent"] = round(
+                100 * (figures[f"{mode}_node3_cpu_s_per_1000"] / figures["off_node3_cpu_s_per_1000"] - 1), 1
+            )
     figures["p50_cost_ms"] = round(figures["on_p50_ms_median"] - figures["off_p50_ms_median"], 2)
     record("observability cost", **figures)
 

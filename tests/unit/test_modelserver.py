@@ -328,6 +328,21 @@ def test_the_log_and_the_metrics_each_turn_off(server, capfd, monkeypatch):
     assert counts(server) == before
 
 
+@pytest.mark.parametrize("logged", [True, False])
+def test_gunicorn_is_told_to_skip_its_access_line_only_when_the_prediction_logged_its_own(server, monkeypatch, logged):
+    """gunicorn_conf.PredictionLogger leaves out the access line of a request whose environ says so: a prediction
+    with its JSON line. With the prediction log off, and for any other request, gunicorn's line stays."""
+    monkeypatch.setattr(server, "PREDICTION_LOG", logged)
+    body = json.dumps({"x": 1}).encode()
+    prediction = {"REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "CONTENT_TYPE": "application/json",
+                  "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}  # fmt: skip
+    health = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health", "wsgi.input": io.BytesIO(b"")}
+    for environ in (prediction, health):
+        server.application(environ, lambda status, headers: None)
+    assert prediction.get("modelswarm.logged", False) is logged
+    assert "modelswarm.logged" not in health
+
+
 def test_the_latency_objective_is_exported_for_the_alert(server):
     """slo_p99_ms of the manifest (MODELSWARM_SLO_P99_MS; 1000 ms when it sets none), in seconds."""
     objective = sample(metrics(server), "modelswarm_model_latency_objective_seconds", **server._LABELS)

@@ -16,6 +16,7 @@ import os
 import shutil
 
 from gunicorn import util
+from gunicorn.glogging import Logger
 from gunicorn.http.errors import ConfigurationProblem, InvalidHeader, UnsupportedTransferCoding
 from gunicorn.workers.sync import SyncWorker
 
@@ -38,10 +39,23 @@ class JSONErrorWorker(SyncWorker):
         super().handle_error(req, client, addr, exc)
 
 
+class PredictionLogger(Logger):
+    """gunicorn's logger, without the access line of a request the app logged itself: a prediction's JSON line
+    (server.py) carries the same request id, status and time, and the model, version, latency and key name besides.
+    One line per prediction in the container's log, not two: every line crosses containerd and dockerd, and that
+    cost per line was most of what the prediction log cost (docs/benchmarks.md). With the prediction log turned off
+    (MODELSWARM_PREDICTION_LOG=0), predictions get their access line again."""
+
+    def access(self, resp, req, environ, request_time):
+        if not environ.get("modelswarm.logged"):
+            super().access(resp, req, environ, request_time)
+
+
 # gunicorn's default access log line, without %(u)s (HTTP Basic's user), with the answer's request id.
 access_log_format = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
 util.write_error = write_json_error  # what handle_error calls; workers are forked from this process
 worker_class = JSONErrorWorker
+logger_class = PredictionLogger
 
 
 def on_starting(server):

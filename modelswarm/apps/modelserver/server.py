@@ -306,6 +306,7 @@ def application(environ, start_response):
         _DURATION.observe(seconds)
     if prediction and PREDICTION_LOG:
         _log_prediction(environ, rid, status, seconds, environ.get("modelswarm.body"))
+        environ["modelswarm.logged"] = True  # gunicorn_conf.PredictionLogger: no access line besides this one
     body = (text + "\n").encode()
     headers = [*headers, ("Content-Type", content_type), ("Content-Length", str(len(body)))]
     start_response(f"{status.value} {status.phrase}", [*headers, (httpguard.REQUEST_ID_HEADER, rid)])
