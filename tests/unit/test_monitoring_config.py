@@ -50,7 +50,9 @@ def test_prometheus_finds_models_nginx_and_nodes_through_the_proxy_and_scrapes_t
     _, config = rendered("prometheus.yml.j2", tmp_path)
     vars_ = harness.role_vars()
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "alertmanager", "console", "models", "nginx", "node"}
+    assert set(jobs) == {"prometheus", "alertmanager", "console", "registry", "models", "nginx", "node"}
+    registry_port = vars_["_platform_prometheus"]["registry_metrics_port"]
+    assert jobs["registry"]["static_configs"] == [{"targets": [f"registry:{registry_port}"]}]
     proxy = f"tcp://docker-api-proxy:{vars_['_platform_docker_api_proxy']['port']}"
     for name, port in (("models", contract.MODEL_PORT), ("nginx", vars_["platform_nginx_status_port"]),
                        ("node", vars_["_platform_prometheus"]["node_exporter_port"])):  # fmt: skip

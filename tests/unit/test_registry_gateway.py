@@ -171,6 +171,11 @@ def test_the_stack_publishes_the_gateway_on_the_leader_and_the_registry_nowhere(
     assert "ports" not in registry
     assert registry["environment"]["REGISTRY_STORAGE_DELETE_ENABLED"] == "false"
     assert not any(key.startswith("REGISTRY_AUTH") for key in registry["environment"])  # the gateway decides
+    # Its metrics on the debug listener Prometheus scrapes (prometheus.yml.j2's registry job), not on a published port.
+    metrics_port = variables["_platform_prometheus"]["registry_metrics_port"]
+    assert registry["environment"]["REGISTRY_HTTP_DEBUG_ADDR"] == f"0.0.0.0:{metrics_port}"
+    assert registry["environment"]["REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED"] == "true"
+    assert registry["environment"]["REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH"] == "/metrics"
     assert gateway["ports"] == [{"target": paths["port"], "published": 5000, "protocol": "tcp", "mode": "host"}]
     assert gateway["secrets"] == ["registry_tls_key", "registry_htpasswd"]
     assert {"source": "registry_gateway_conf", "target": paths["conf"]} in gateway["configs"]

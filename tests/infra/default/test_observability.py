@@ -67,8 +67,10 @@ def test_prometheus_opens_to_admin_keys_only():
 
 
 def test_every_target_is_found_and_up():
-    """The model's replicas, NGINX and the node exporter on every node, the console, Alertmanager, Prometheus."""
-    expected = {"prometheus": 1, "alertmanager": 1, "console": 1, "nginx": len(NODES), "node": len(NODES)}
+    """The model's replicas, NGINX and the node exporter on every node, the console, the registry, Alertmanager,
+    Prometheus."""
+    expected = {"prometheus": 1, "alertmanager": 1, "console": 1, "registry": 1}
+    expected.update(nginx=len(NODES), node=len(NODES))
 
     def all_up():
         targets = prometheus("targets", state="active")["activeTargets"]
