@@ -302,11 +302,11 @@ def test_the_body_is_logged_only_when_the_model_opts_in(server, capfd, monkeypat
 
 
 def test_the_log_line_stays_one_json_line_whatever_the_request_carries(server, capfd, monkeypatch):
-    """The line is built as text: a request id or key name with quotes, or a body with quotes, newlines and bytes that
-    are not UTF-8, must neither break it nor split it."""
+    """The line is built as text: a request id or key name with quotes or a newline, or a body with quotes, a raw
+    newline, U+2028 and bytes that are not UTF-8, must neither break it nor split it."""
     monkeypatch.setattr(server, "LOG_PAYLOAD", True)
     capfd.readouterr()
-    body = b'{"x": 1, "note": "a \\"quoted\\" \\n line \\u2028"}'
+    body = '{"x": 1,\n "note": "a \\"quoted\\" \u2028 line"}'.encode()
     call(server, body=body, headers={"HTTP_X_REQUEST_ID": 'id"},"x":"', "HTTP_X_MODELSWARM_KEY_NAME": "k\n"})
     call(server, body=b'{"x": "\xff\xfe"}')
     out = capfd.readouterr().out
@@ -317,15 +317,14 @@ def test_the_log_line_stays_one_json_line_whatever_the_request_carries(server, c
     assert first["payload"] == body.decode() and second["payload"] == '{"x": "\ufffd\ufffd"}'
 
 
-def test_the_log_and_the_metrics_each_turn_off(server, capfd, monkeypatch):
-    before = counts(server)
-    monkeypatch.setattr(server, "PREDICTION_LOG", False)
-    monkeypatch.setattr(server, "METRICS", False)
-    capfd.readouterr()
-    status, _, _ = call(server, body={"x": 1})
-    assert status == 200
-    assert prediction_lines(capfd.readouterr().out) == []
-    assert counts(server) == before
+def test_the_log_lines_time_is_utc_to_the_millisecond_across_a_seconds_turn(server, monkeypatch):
+    """The second's text is kept between lines: it must change with the second, and the milliseconds never reach
+    1000."""
+    turn = 1796634000  # 2026-12-07T09:00:00Z
+    for now, text in ((turn - 0.0004, "2026-12-07T08:59:59.999Z"), (turn + 0.0004, "2026-12-07T09:00:00.000Z"),
+                      (turn + 0.5, "2026-12-07T09:00:00.500Z"), (turn - 0.75, "2026-12-07T08:59:59.250Z")):  # fmt: skip
+        monkeypatch.setattr(server.time, "time", lambda now=now: now)
+        assert server._utc_now() == text
 
 
 @pytest.mark.parametrize("logged", [True, False])

@@ -44,7 +44,8 @@ class PredictionLogger(Logger):
     (server.py) carries the same request id, status and time, and the model, version, latency and key name besides.
     One line per prediction in the container's log, not two: every line crosses containerd and dockerd, and that
     cost per line was most of what the prediction log cost (docs/benchmarks.md). With the prediction log turned off
-    (MODELSWARM_PREDICTION_LOG=0), predictions get their access line again."""
+    (MODELSWARM_PREDICTION_LOG=0), predictions get their access line again. (A logger class of one's own also means
+    gunicorn does not switch to its statsd logger when statsd_host is set: nothing here sets it.)"""
 
     def access(self, resp, req, environ, request_time):
         if not environ.get("modelswarm.logged"):

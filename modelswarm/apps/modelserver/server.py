@@ -224,21 +224,25 @@ def _predict(environ, rid):
 # The prediction log line's fixed part (model, version), JSON-encoded once; the other fields are numbers or tokens that
 # need no escaping: the request id (httpguard.request_id keeps only [A-Za-z0-9._:-]) and the key name (_KEY_NAME).
 _LOG_FIXED = json.dumps({"model": INFO["name"], "version": INFO["version"]}, separators=(",", ":"))[1:-1]
-_LOG_SECOND = [-1, ""]  # (the whole second, its UTC text): formatted once a second, not once a line
+_log_second = (-1, "")  # (the whole second, its UTC text): formatted once a second, not once a line
 
 
 def _utc_now() -> str:
-    """Now, in UTC, to the millisecond: 2026-12-07T08:00:02.123Z."""
+    """Now, in UTC, to the millisecond (truncated): 2026-12-07T08:00:02.123Z."""
+    global _log_second
     now = time.time()
     second = int(now)
-    if second != _LOG_SECOND[0]:
-        _LOG_SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_LOG_SECOND[1]}.{int((now - second) * 1000):03d}Z"
+    cached = _log_second  # one read of one tuple: a thread that swaps it meanwhile cannot mix two seconds
+    if cached[0] != second:
+        cached = _log_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{min(int((now - second) * 1000), 999):03d}Z"
 
 
 def _log_prediction(environ, rid, status, seconds, body):
-    """One JSON line per prediction, written whole in one call (workers share stdout: lines never interleave).
-    Built from text rather than json.dumps of a dict: it is written for every prediction (the cost benchmark)."""
+    """One JSON line per prediction, written in one call: the workers share stdout, a pipe, and a write of up to
+    PIPE_BUF (4 KiB; every line without a payload) is never interleaved with another's. A longer line (a logged
+    payload) is written whole, but may interleave with another worker's at a 4 KiB boundary. Built from text rather
+    than json.dumps of a dict: it is written for every prediction (the cost benchmark)."""
     key = environ.get("HTTP_X_MODELSWARM_KEY_NAME", "")
     if not _KEY_NAME.fullmatch(key):
         key = "-"
@@ -249,7 +253,9 @@ def _log_prediction(environ, rid, status, seconds, body):
         f'{{"event":"prediction","time":"{_utc_now()}","request_id":"{rid}",{_LOG_FIXED},"status":{status.value},'
         f'"latency_ms":{round(seconds * 1000, 2)},"key":"{key}"{payload}}}\n'
     )
-    os.write(1, line.encode())
+    data = line.encode()
+    while data:  # a blocking pipe takes it all at once unless a signal interrupts the write
+        data = data[os.write(1, data) :]
 
 
 def _metrics():
