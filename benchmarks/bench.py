@@ -21,7 +21,7 @@ from `hey` through modelswarm.load, to lab addresses only.
              per second through another node's NGINX; failed requests and p50/p99/max latency.
 - rollout:   duration of a version bump (code-only change) and of a no-op deploy.
 - observability: the cost of the model server's metrics and prediction log line: full-speed predictions through
-             NGINX with both on, both off and each alone (service environment), in rounds that rotate the order;
+             NGINX with both on, both off and each alone (service environment), in rounds of a balanced order;
              throughput, p50, and the replica's host's CPU per 1,000 predictions.
 - auth:      the cost of NGINX's API key checks: the host's nginx + njs on loopback (no lab), the role's own
              nginx.conf, two locations proxying to the same fast upstream (an NGINX `return 200` server), one with
@@ -495,9 +495,23 @@ def _node_cpu_seconds(node: str) -> float | None:
     return None
 
 
+def _balanced_order(items: list[str], round_: int) -> list[str]:
+    """The order of `items` in round `round_` (a Williams design): over len(items) rounds each item runs once in every
+    position and, for an even count, follows every other item exactly once, so that what one mode leaves behind (a
+    warm cache, a busy log) weighs on every other mode alike."""
+    n, first, low, high = len(items), [0], 1, len(items) - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    return [items[(index + round_) % n] for index in first]
+
+
 def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
     """The cost of the model server's prediction log line and metrics: full-speed predictions through NGINX in four
-    modes - both on (the default), both off, and each alone (the service's environment) - in rounds that rotate the
+    modes - both on (the default), both off, and each alone (the service's environment) - in rounds that balance the
     modes' order, on the same lab, so that drift hits every mode alike. One replica, kept on node3 and reached through
     node2's NGINX, so that every round takes the same path (with two, where the update puts them decides the figure
     more than what is measured). Per mode: the median throughput and p50 of the rounds, with the lowest and highest,
@@ -505,7 +519,7 @@ def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
     which a 2-core machine shared by three lab hosts and the load generator measures more steadily than throughput."""
     modes = list(OBSERVABILITY_MODES)
     say(f"observability: the model server's metrics and prediction log, modes {', '.join(modes)}; {rounds} rounds of "
-        f"{requests} predictions per mode, the order rotating")  # fmt: skip
+        f"{requests} predictions per mode, in a balanced order")  # fmt: skip
     url = f"http://{address('node2')}/models/iris/predict"
     results: dict[str, list] = {mode: [] for mode in modes}
     cpu: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -522,7 +536,7 @@ def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
                      "--constraint-add node.hostname==node3 model-iris >/dev/null")  # fmt: skip
     try:
         for round_ in range(rounds):
-            for mode in modes[round_ % len(modes) :] + modes[: round_ % len(modes)]:
+            for mode in _balanced_order(modes, round_):
                 switch(mode)
                 before = _node_cpu_seconds("node3")
                 result = load(url, requests, 16)
