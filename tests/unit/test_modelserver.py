@@ -327,6 +327,17 @@ def test_the_log_lines_time_is_utc_to_the_millisecond_across_a_seconds_turn(serv
         assert server._utc_now() == text
 
 
+def test_the_log_and_the_metrics_each_turn_off(server, capfd, monkeypatch):
+    before = counts(server)
+    monkeypatch.setattr(server, "PREDICTION_LOG", False)
+    monkeypatch.setattr(server, "METRICS", False)
+    capfd.readouterr()
+    status, _, _ = call(server, body={"x": 1})
+    assert status == 200
+    assert prediction_lines(capfd.readouterr().out) == []
+    assert counts(server) == before
+
+
 @pytest.mark.parametrize("logged", [True, False])
 def test_gunicorn_is_told_to_skip_its_access_line_only_when_the_prediction_logged_its_own(server, monkeypatch, logged):
     """gunicorn_conf.PredictionLogger leaves out the access line of a request whose environ says so: a prediction
