@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -475,18 +476,17 @@ def bench_auth(requests: int = 20000) -> None:
 OBSERVABILITY_MODES = {"on": ("1", "1"), "off": ("0", "0"), "log_only": ("1", "0"), "metrics_only": ("0", "1")}
 
 
-def _node_cpu_seconds(node: str) -> float | None:
-    """CPU seconds the lab host `node` (its container: dockerd, containerd, every container on it) has used: from
-    Docker's stats, else from the container's cgroup (cgroup v1 cpuacct, or v2 cpu.stat, as the engine's cgroup
-    driver lays it out); None where neither tells."""
-    container = docker.from_env().containers.get(SETTINGS.container_name(node))
+def _cpu_seconds(container) -> float | None:
+    """CPU seconds a lab host's container (dockerd, containerd, every container on it) has used: from Docker's stats,
+    else from its cgroup (cgroup v1 cpuacct, or v2 cpu.stat, as the engine's cgroup driver lays it out); None where
+    neither tells."""
     used = container.stats(stream=False, one_shot=True)["cpu_stats"]["cpu_usage"].get("total_usage") or 0
     if used:
         return used / 1e9
     cgroups = Path("/sys/fs/cgroup")
-    for path in (cgroups / "cpuacct" / "docker" / container.id / "cpuacct.usage",):
-        if path.exists():
-            return int(path.read_text()) / 1e9
+    v1 = cgroups / "cpuacct" / "docker" / container.id / "cpuacct.usage"
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
     for path in (cgroups / "docker" / container.id / "cpu.stat",
                  cgroups / "system.slice" / f"docker-{container.id}.scope" / "cpu.stat"):  # fmt: skip
         if path.exists():
@@ -523,6 +523,7 @@ def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
     url = f"http://{address('node2')}/models/iris/predict"
     results: dict[str, list] = {mode: [] for mode in modes}
     cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    node3 = docker.from_env().containers.get(SETTINGS.container_name("node3"))
 
     def switch(mode: str) -> None:
         log, metrics = OBSERVABILITY_MODES[mode]
@@ -538,9 +539,9 @@ def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
         for round_ in range(rounds):
             for mode in _balanced_order(modes, round_):
                 switch(mode)
-                before = _node_cpu_seconds("node3")
+                before = _cpu_seconds(node3)
                 result = load(url, requests, 16)
-                after = _node_cpu_seconds("node3")
+                after = _cpu_seconds(node3)
                 if before is not None and after is not None:
                     cpu[mode].append((after - before) / max(result.ok, 1) * 1000)
                 results[mode].append(result)
@@ -552,18 +553,13 @@ def bench_observability(rounds: int = 5, requests: int = 5000) -> None:
                          "--env-rm MODELSWARM_METRICS --replicas 2 --constraint-rm node.hostname==node3 "
                          "model-iris >/dev/null")  # fmt: skip
 
-    def median(values: list[float]) -> float:
-        ordered = sorted(values)
-        middle = len(ordered) // 2
-        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
     figures = {}
     for mode, runs in results.items():
         rps = [r.requests_per_second for r in runs]
-        figures[f"{mode}_rps_median"] = round(median(rps), 1)
+        figures[f"{mode}_rps_median"] = round(statistics.median(rps), 1)
         figures[f"{mode}_rps_range"] = [round(min(rps), 1), round(max(rps), 1)]
-        figures[f"{mode}_p50_ms_median"] = round(median([r.p50_ms for r in runs]), 2)
-        figures[f"{mode}_node3_cpu_s_per_1000"] = round(median(cpu[mode]), 3) if cpu[mode] else None
+        figures[f"{mode}_p50_ms_median"] = round(statistics.median([r.p50_ms for r in runs]), 2)
+        figures[f"{mode}_node3_cpu_s_per_1000"] = round(statistics.median(cpu[mode]), 3) if cpu[mode] else None
         figures[f"{mode}_failed"] = sum(r.failed for r in runs)
     for mode in ("on", "log_only", "metrics_only"):
         figures[f"{mode}_throughput_cost_percent"] = round(
